@@ -1,0 +1,3 @@
+"""PMC2 vision pipeline: data, classifiers, perturbation generator, neural codec."""
+
+__all__: list[str] = []

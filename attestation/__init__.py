@@ -9,10 +9,24 @@ from attestation._abi import (
     SigningKey,
     product_from_cpuid,
 )
+from attestation._certs import (
+    AMD_ARK_SPKI_SHA256,
+    EndorsementExtensions,
+    KeyKind,
+    TrustedRoots,
+    VerifiedChain,
+    load_certificate,
+    load_certificates,
+    load_crl,
+    parse_endorsement_extensions,
+    spki_sha256,
+    verify_chain,
+)
 from attestation._certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, CertTable
 from attestation._provider import GuestReport, ReportProvider
 
 __all__: list[str] = [
+    "AMD_ARK_SPKI_SHA256",
     "ARK_GUID",
     "ASK_GUID",
     "REPORT_SIZE",
@@ -21,10 +35,20 @@ __all__: list[str] = [
     "VLEK_GUID",
     "AttestationReport",
     "CertTable",
+    "EndorsementExtensions",
     "GuestPolicy",
     "GuestReport",
+    "KeyKind",
     "PlatformInfo",
     "ReportProvider",
     "SigningKey",
+    "TrustedRoots",
+    "VerifiedChain",
+    "load_certificate",
+    "load_certificates",
+    "load_crl",
+    "parse_endorsement_extensions",
     "product_from_cpuid",
+    "spki_sha256",
+    "verify_chain",
 ]

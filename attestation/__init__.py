@@ -23,32 +23,39 @@ from attestation._certs import (
     verify_chain,
 )
 from attestation._certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, CertTable
+from attestation._kds import KDS_BASE_URL, AmdChain, KdsClient, RetryPolicy, kds_hwid, vcek_path
 from attestation._provider import GuestReport, ReportProvider
 
 __all__: list[str] = [
     "AMD_ARK_SPKI_SHA256",
     "ARK_GUID",
     "ASK_GUID",
+    "KDS_BASE_URL",
     "REPORT_SIZE",
     "SIGNED_SIZE",
     "VCEK_GUID",
     "VLEK_GUID",
+    "AmdChain",
     "AttestationReport",
     "CertTable",
     "EndorsementExtensions",
     "GuestPolicy",
     "GuestReport",
+    "KdsClient",
     "KeyKind",
     "PlatformInfo",
     "ReportProvider",
+    "RetryPolicy",
     "SigningKey",
     "TrustedRoots",
     "VerifiedChain",
+    "kds_hwid",
     "load_certificate",
     "load_certificates",
     "load_crl",
     "parse_endorsement_extensions",
     "product_from_cpuid",
     "spki_sha256",
+    "vcek_path",
     "verify_chain",
 ]

@@ -1,0 +1,1 @@
+"""The shipped default policy documents (TOML package data; see ``policies.load_default``)."""

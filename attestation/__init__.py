@@ -9,6 +9,12 @@ from attestation._abi import (
     SigningKey,
     product_from_cpuid,
 )
+from attestation._appraise import (
+    AppraisalOptions,
+    MinimumTcb,
+    appraise,
+    appraise_or_raise,
+)
 from attestation._certs import (
     AMD_ARK_SPKI_SHA256,
     EndorsementExtensions,
@@ -25,6 +31,7 @@ from attestation._certs import (
 from attestation._certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, CertTable
 from attestation._kds import KDS_BASE_URL, AmdChain, KdsClient, RetryPolicy, kds_hwid, vcek_path
 from attestation._provider import GuestReport, ReportProvider
+from attestation._verify import VerifiedReport, verify_report
 
 __all__: list[str] = [
     "AMD_ARK_SPKI_SHA256",
@@ -36,6 +43,7 @@ __all__: list[str] = [
     "VCEK_GUID",
     "VLEK_GUID",
     "AmdChain",
+    "AppraisalOptions",
     "AttestationReport",
     "CertTable",
     "EndorsementExtensions",
@@ -43,12 +51,16 @@ __all__: list[str] = [
     "GuestReport",
     "KdsClient",
     "KeyKind",
+    "MinimumTcb",
     "PlatformInfo",
     "ReportProvider",
     "RetryPolicy",
     "SigningKey",
     "TrustedRoots",
     "VerifiedChain",
+    "VerifiedReport",
+    "appraise",
+    "appraise_or_raise",
     "kds_hwid",
     "load_certificate",
     "load_certificates",
@@ -58,4 +70,5 @@ __all__: list[str] = [
     "spki_sha256",
     "vcek_path",
     "verify_chain",
+    "verify_report",
 ]

@@ -224,9 +224,7 @@ class SimulatedPlatform:
         state_dir: Path,
         state: _State,
         *,
-        ark_key: rsa.RSAPrivateKey,
-        ask_key: rsa.RSAPrivateKey,
-        asvk_key: rsa.RSAPrivateKey,
+        ca_keys: dict[str, rsa.RSAPrivateKey],
         chip_seed: bytes,
         vlek_seed: bytes,
         ark: x509.Certificate,
@@ -237,9 +235,9 @@ class SimulatedPlatform:
     ) -> None:
         self._dir = state_dir
         self._state = state
-        self._ark_key = ark_key
-        self._ask_key = ask_key
-        self._asvk_key = asvk_key
+        # RSA-4096 private keys are loaded on first use (loading validates each key,
+        # which is slow; reports need only the seeds).
+        self._ca_keys = dict(ca_keys)
         self._chip_seed = chip_seed
         self._vlek_seed = vlek_seed
         self.ark = ark
@@ -337,9 +335,7 @@ class SimulatedPlatform:
         platform = cls(
             path,
             state,
-            ark_key=ark_key,
-            ask_key=ask_key,
-            asvk_key=asvk_key,
+            ca_keys={"ark": ark_key, "ask": ask_key, "asvk": asvk_key},
             chip_seed=chip_seed,
             vlek_seed=vlek_seed,
             ark=ark,
@@ -370,9 +366,6 @@ class SimulatedPlatform:
         for name in names:
             _check_private(keys / name)
         try:
-            ark_key = _load_rsa(keys / "ark.key.pem")
-            ask_key = _load_rsa(keys / "ask.key.pem")
-            asvk_key = _load_rsa(keys / "asvk.key.pem")
             chip_seed = (keys / "chip.seed").read_bytes()
             vlek_seed = (keys / "vlek.seed").read_bytes()
             certs = path / "certs"
@@ -387,12 +380,16 @@ class SimulatedPlatform:
             ) from exc
         if len(chip_seed) != 32 or len(vlek_seed) != 32:
             raise MalformedError(f"{path}: damaged seeds")
+        # The stored VCEK/VLEK must certify the keys derived for the reported TCB.
+        tcb = state.reported_tcb
+        if vcek.public_key() != _vcek_key(chip_seed, state.product, tcb).public_key():
+            raise MalformedError(f"{path}/certs/vcek.der does not match the chip and TCB")
+        if vlek.public_key() != _vlek_key(vlek_seed, state.product, tcb).public_key():
+            raise MalformedError(f"{path}/certs/vlek.der does not match the VLEK seed and TCB")
         return cls(
             path,
             state,
-            ark_key=ark_key,
-            ask_key=ask_key,
-            asvk_key=asvk_key,
+            ca_keys={},
             chip_seed=chip_seed,
             vlek_seed=vlek_seed,
             ark=ark,
@@ -401,6 +398,20 @@ class SimulatedPlatform:
             vcek=vcek,
             vlek=vlek,
         )
+
+    def _ca_key(self, name: str) -> rsa.RSAPrivateKey:
+        """The ARK/ASK/ASVK private key, loaded on first use and matched to its cert."""
+        if name not in self._ca_keys:
+            path = self._dir / "keys" / f"{name}.key.pem"
+            try:
+                key = _load_rsa(path)
+            except (OSError, ValueError) as exc:
+                raise MalformedError(f"{path}: {exc}") from exc
+            cert = {"ark": self.ark, "ask": self.ask, "asvk": self.asvk}[name]
+            if key.public_key() != cert.public_key():
+                raise MalformedError(f"{path} does not match certs/{name}.pem")
+            self._ca_keys[name] = key
+        return self._ca_keys[name]
 
     def _save_state(self) -> None:
         data = json.dumps(self._state.to_json(), indent=2).encode() + b"\n"
@@ -485,8 +496,8 @@ class SimulatedPlatform:
         self._state = new
         self.vcek, self.vlek = _leaves(
             new,
-            self._ask_key,
-            self._asvk_key,
+            self._ca_key("ask"),
+            self._ca_key("asvk"),
             self._chip_seed,
             self._vlek_seed,
             now=now or _utcnow(),
@@ -506,7 +517,7 @@ class SimulatedPlatform:
         """A VCEK certificate for ``tcb`` (default: the reported TCB), freshly issued."""
         identity = chain.ChipIdentity(self.product, self.chip_id, tcb or self.reported_tcb)
         key = self._vcek_key(identity.reported_tcb)
-        return chain.issue_vcek(identity, key, self._ask_key, now or _utcnow())
+        return chain.issue_vcek(identity, key, self._ca_key("ask"), now or _utcnow())
 
     def vlek_certificate(
         self, tcb: TcbVersion | None = None, *, now: dt.datetime | None = None
@@ -515,13 +526,13 @@ class SimulatedPlatform:
         t = tcb or self.reported_tcb
         key = self._vlek_key(t)
         return chain.issue_vlek(
-            self.product, t, key, self._asvk_key, now or _utcnow(), csp_id=self.csp_id
+            self.product, t, key, self._ca_key("asvk"), now or _utcnow(), csp_id=self.csp_id
         )
 
     def crl(self, *, now: dt.datetime | None = None, revoked: tuple[int, ...] = ()) -> bytes:
         """A DER CRL signed by the simulated ARK, revoking the given serial numbers."""
         return chain.simulated_crl(
-            self.product, self._ark_key, now or _utcnow(), revoked
+            self.product, self._ca_key("ark"), now or _utcnow(), revoked
         ).public_bytes(serialization.Encoding.DER)
 
     # -- guests and reports --------------------------------------------------------

@@ -19,9 +19,17 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from attestation import CertTable, ReportProvider
+from attestation import (
+    AppraisalOptions,
+    CertTable,
+    ReportProvider,
+    TrustedRoots,
+    appraise,
+    load_crl,
+    verify_report,
+)
 from attestation._abi import SIGNED_SIZE, AttestationReport, GuestPolicy, SigningKey
-from attestation._errors import MalformedError
+from attestation._errors import MalformedError, VerificationError
 from attestation._measure import LaunchArtifacts, launch_measurement
 from attestation._sim import DEFAULT_TCB, SimulatedPlatform, SimulatedProvider
 from attestation._sim_chain import SIMULATED_ORGANIZATION, der_uint
@@ -431,3 +439,79 @@ def test_cli_simulate_vlek_with_launch_artifacts(
     verify_report_signature(out.read_bytes(), vlek)
     chain = x509.load_pem_x509_certificates((tmp_path / "vlek_cert_chain.pem").read_bytes())
     assert [_cn(c.subject) for c in chain] == ["SEV-VLEK-Milan", "ARK-Milan"]
+
+
+# --- round trips through the verifier (the simulated root trusted only explicitly) -------
+
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.mark.parametrize("vlek", [False, True], ids=["vcek", "vlek"])
+@pytest.mark.parametrize("version", [2, 3, 5])
+def test_round_trip_verifies_with_simulated_roots(
+    platform: SimulatedPlatform, vlek: bool, version: int
+) -> None:
+    report_data = os.urandom(64)
+    raw = platform.report(
+        report_data, measurement=MEASUREMENT, host_data=HOST_DATA, vlek=vlek, version=version
+    )
+    cert = platform.vlek if vlek else platform.vcek
+    roots = TrustedRoots.from_dir(platform.roots_dir)
+    verified = verify_report(
+        raw, cert, platform.chain_pem(vlek=vlek), at=NOW, roots=roots, product=platform.product
+    )
+    assert verified.signing_key == ("vlek" if vlek else "vcek")
+    assert verified.product is platform.product
+    assert not verified.amd_root
+    assert verified.report.report_data == report_data
+    assert verified.report.measurement == MEASUREMENT
+    # with the CRL, and with the chain taken from the roots directory alone
+    crl = load_crl(platform.crl(now=NOW))
+    verify_report(raw, cert, None, at=NOW, roots=roots, crl=crl)
+
+
+@pytest.mark.parametrize("vlek", [False, True], ids=["vcek", "vlek"])
+def test_simulated_report_fails_against_amd_roots(platform: SimulatedPlatform, vlek: bool) -> None:
+    raw = platform.report(bytes(64), measurement=MEASUREMENT, vlek=vlek)
+    cert = platform.vlek if vlek else platform.vcek
+    with pytest.raises(VerificationError, match="not a trusted"):
+        verify_report(raw, cert, platform.chain_pem(vlek=vlek), at=NOW)
+    with pytest.raises(VerificationError, match="not a trusted"):
+        verify_report(
+            raw, cert, platform.chain_pem(vlek=vlek), at=NOW, roots=TrustedRoots.amd_default()
+        )
+
+
+def test_other_simulated_platform_is_not_trusted(
+    milan: SimulatedPlatform, turin: SimulatedPlatform
+) -> None:
+    raw = turin.report(bytes(64), measurement=MEASUREMENT)
+    with pytest.raises(VerificationError):
+        verify_report(
+            raw, turin.vcek, turin.chain_pem(), at=NOW, roots=TrustedRoots.from_dir(milan.roots_dir)
+        )
+
+
+def test_debug_policy_round_trip_through_appraisal(milan: SimulatedPlatform) -> None:
+    roots = TrustedRoots.from_dir(milan.roots_dir)
+    no_debug = AppraisalOptions(forbid_debug=True, allowed_measurements=frozenset({MEASUREMENT}))
+    for debug in (False, True):
+        raw = milan.report(
+            bytes(64), measurement=MEASUREMENT, policy=GuestPolicy(smt=True, debug=debug)
+        )
+        verified = verify_report(raw, milan.vcek, milan.chain_pem(), at=NOW, roots=roots)
+        assert verified.report.policy.debug is debug
+        failures = appraise(verified.report, no_debug)
+        assert bool(failures) is debug
+
+
+def test_stale_vcek_after_tcb_change_is_rejected(tmp_path: Path, milan: SimulatedPlatform) -> None:
+    sim = SimulatedPlatform.load(copy_state(milan, tmp_path / "s"))
+    old_vcek = sim.vcek
+    sim.set_tcb(reported=TcbVersion(bootloader=9, tee=0, snp=30, microcode=230))
+    raw = sim.report(bytes(64), measurement=MEASUREMENT)
+    roots = TrustedRoots.from_dir(sim.roots_dir)
+    verify_report(raw, sim.vcek, sim.chain_pem(), at=NOW, roots=roots)
+    with pytest.raises(VerificationError):
+        verify_report(raw, old_vcek, sim.chain_pem(), at=NOW, roots=roots)

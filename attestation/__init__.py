@@ -30,7 +30,15 @@ from attestation._certs import (
 )
 from attestation._certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, CertTable
 from attestation._kds import KDS_BASE_URL, AmdChain, KdsClient, RetryPolicy, kds_hwid, vcek_path
+from attestation._measure import (
+    FileDigest,
+    LaunchArtifacts,
+    VmmType,
+    firmware_info,
+    launch_measurement,
+)
 from attestation._provider import GuestReport, ReportProvider
+from attestation._sim import SimulatedPlatform, SimulatedProvider
 from attestation._verify import VerifiedReport, verify_report
 
 __all__: list[str] = [
@@ -47,21 +55,28 @@ __all__: list[str] = [
     "AttestationReport",
     "CertTable",
     "EndorsementExtensions",
+    "FileDigest",
     "GuestPolicy",
     "GuestReport",
     "KdsClient",
     "KeyKind",
+    "LaunchArtifacts",
     "MinimumTcb",
     "PlatformInfo",
     "ReportProvider",
     "RetryPolicy",
     "SigningKey",
+    "SimulatedPlatform",
+    "SimulatedProvider",
     "TrustedRoots",
     "VerifiedChain",
     "VerifiedReport",
+    "VmmType",
     "appraise",
     "appraise_or_raise",
+    "firmware_info",
     "kds_hwid",
+    "launch_measurement",
     "load_certificate",
     "load_certificates",
     "load_crl",

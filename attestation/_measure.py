@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,6 @@ class LaunchArtifacts:
     vcpu_type: str = DEFAULT_VCPU_TYPE
     guest_features: int = DEFAULT_GUEST_FEATURES
     vmm: VmmType = VmmType.QEMU
-    _sig: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from sevsnpmeasure import vcpu_types as vt
@@ -140,7 +139,6 @@ class LaunchArtifacts:
             raise MalformedError("an initrd or a command line needs a kernel")
         if self.append is not None and "\x00" in self.append:
             raise MalformedError("the kernel command line must not contain NUL")
-        object.__setattr__(self, "_sig", int(vt.CPU_SIGS[self.vcpu_type]))
 
     @classmethod
     def from_files(
@@ -170,7 +168,9 @@ class LaunchArtifacts:
     @property
     def vcpu_sig(self) -> int:
         """The CPUID signature (family/model/stepping) the VMSAs carry."""
-        return self._sig
+        from sevsnpmeasure import vcpu_types as vt
+
+        return int(vt.CPU_SIGS[self.vcpu_type])
 
     def files(self) -> list[FileDigest]:
         return [f for f in (self.ovmf, self.kernel, self.initrd) if f is not None]

@@ -38,7 +38,9 @@ from attestation._measure import (
     launch_measurement,
 )
 from attestation._provider import GuestReport, ReportProvider
+from attestation._sevguest import SevGuestDeviceProvider
 from attestation._sim import SimulatedPlatform, SimulatedProvider
+from attestation._tsm import ConfigfsTsmProvider
 from attestation._verify import VerifiedReport, verify_report
 
 __all__: list[str] = [
@@ -54,6 +56,7 @@ __all__: list[str] = [
     "AppraisalOptions",
     "AttestationReport",
     "CertTable",
+    "ConfigfsTsmProvider",
     "EndorsementExtensions",
     "FileDigest",
     "GuestPolicy",
@@ -65,6 +68,7 @@ __all__: list[str] = [
     "PlatformInfo",
     "ReportProvider",
     "RetryPolicy",
+    "SevGuestDeviceProvider",
     "SigningKey",
     "SimulatedPlatform",
     "SimulatedProvider",

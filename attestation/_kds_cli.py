@@ -12,8 +12,9 @@ Common options: ``--kds-url URL`` (default AMD's KDS), ``--cache DIR`` (on-disk 
 ``--timeout SECONDS``, ``--attempts N``. The chain is written as PEM; the VCEK and CRL
 as DER unless ``--pem``. Without ``--out`` the result goes to standard output.
 
-Exit status: 0 fetched; 2 bad input (arguments, report, or an unusable answer cached
-nowhere); 5 KDS or transport failure (unreachable, 5xx, 404, rate-limited).
+Exit status: 0 fetched; 2 bad input (arguments, report file, output file); 5 KDS or
+transport failure (unreachable, timeout, 5xx, 404, rate-limited, or an answer that does
+not parse, which is never cached).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def _emit(args: argparse.Namespace, data: bytes) -> None:
 
 def _guard(args: argparse.Namespace, body: Any) -> int:
     """Run ``body(args)``, mapping the attestation errors to exit statuses."""
-    from attestation._errors import AttestationError, FetchError, MalformedError
+    from attestation._errors import AttestationError, FetchError
 
     if args.attempts < 1 or args.timeout <= 0:
         print("error: --attempts must be >= 1 and --timeout > 0", file=sys.stderr)
@@ -164,7 +165,7 @@ def _guard(args: argparse.Namespace, body: Any) -> int:
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_TRANSPORT
-    except (MalformedError, AttestationError) as exc:
+    except AttestationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:

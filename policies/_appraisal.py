@@ -43,7 +43,8 @@ from policies._errors import PolicyError, PolicyParseError
 from policies._reader import Table, parse_hex, parse_label
 
 if TYPE_CHECKING:
-    from attestation._types import TcbVersion
+    from attestation import AppraisalOptions
+    from attestation import MinimumTcb as AttestationMinimumTcb
 
 __all__ = ["AcceptMode", "AppraisalPolicy", "MinimumTcb", "ReferenceValue"]
 
@@ -120,11 +121,11 @@ class MinimumTcb:
             out["fmc"] = self.fmc
         return out
 
-    def to_tcb_version(self) -> TcbVersion:
-        """The evidence library's ``TcbVersion`` with these components."""
-        from attestation._types import TcbVersion
+    def to_attestation(self) -> AttestationMinimumTcb:
+        """The evidence library's ``attestation.MinimumTcb`` (check A3) with these minima."""
+        from attestation import MinimumTcb as AttestationMinimumTcb
 
-        return TcbVersion(
+        return AttestationMinimumTcb(
             bootloader=self.bootloader,
             tee=self.tee,
             snp=self.snp,
@@ -272,6 +273,64 @@ class AppraisalPolicy(Document):
             if value.matches(measurement, host_data):
                 return value
         return None
+
+    def appraisal_options(
+        self,
+        registered: Iterable[ReferenceValue],
+        *,
+        measurement: bytes,
+        host_data: bytes,
+        report_data: bytes | None = None,
+    ) -> AppraisalOptions:
+        """The evidence library's ``AppraisalOptions`` for one report under this policy.
+
+        ``measurement`` and ``host_data`` are the report's MEASUREMENT and HOST_DATA;
+        ``registered`` the service's current registrations (used when ``accept =
+        "registered"``); ``report_data`` the expected REPORT_DATA (hash of nonce and key),
+        checked when given. ``attestation.appraise(report, options)`` then lists every
+        failure. The options never leave the measurement unchecked:
+
+        1. the accepted reference values are ``accepted_reference_values(registered)``;
+        2. if one matches the report (``match_reference_value``), the options allow its
+           measurement and, when it pins HOST_DATA, require that HOST_DATA;
+        3. else if some accepted value has the report's measurement (so its HOST_DATA pin
+           differs), the options require the first such value's HOST_DATA, so the
+           appraisal fails naming HOST_DATA;
+        4. else the options allow exactly the accepted measurements (possibly none), so
+           the appraisal fails naming MEASUREMENT;
+        5. every other field of the policy maps one to one: minimum TCB (A3), debug and
+           migration agent forbidden, SMT (A4), VMPL, minimum report version and guest
+           SVN (A5), FAMILY_ID and IMAGE_ID (A2).
+        """
+        from attestation import AppraisalOptions
+
+        accepted = self.accepted_reference_values(registered)
+        match = next((v for v in accepted if v.matches(measurement, host_data)), None)
+        pinned: bytes | None = None
+        if match is not None:
+            allowed = frozenset({match.measurement})
+            pinned = match.host_data
+        else:
+            same = [value for value in accepted if value.measurement == measurement]
+            if same:
+                allowed = frozenset({measurement})
+                pinned = same[0].host_data
+            else:
+                allowed = frozenset(value.measurement for value in accepted)
+        return AppraisalOptions(
+            allowed_measurements=allowed,
+            host_data=pinned,
+            report_data=report_data,
+            family_id=self.family_id,
+            image_id=self.image_id,
+            min_tcb=self.minimum_tcb.to_attestation(),
+            forbid_debug=self.forbid_debug,
+            forbid_migration_agent=self.forbid_migration_agent,
+            smt_allowed=self.smt_allowed,
+            vmpl=self.vmpl,
+            min_report_version=self.minimum_report_version,
+            min_guest_svn=self.minimum_guest_svn,
+        )
 
 
 _TCB_KEYS = ("bootloader", "tee", "snp", "microcode", "fmc")

@@ -8,8 +8,9 @@ Syntax (strict; anything else is rejected):
   dot segments ``.`` and ``..`` are rejected; one trailing ``/`` is allowed.
 - ``host:port``: a host and an explicit port, no scheme and no path.
 - host: a DNS name of letter-digit-hyphen labels (at most 63 characters each, 253 in all,
-  no trailing dot), a dotted-quad IPv4 address, or an IPv6 address in brackets (no zone).
-  Names are compared in lowercase; IPv6 addresses in their compressed form.
+  no trailing dot; ASCII only, so an internationalized name is written as its A-label),
+  a dotted-quad IPv4 address, or an IPv6 address in brackets (no zone). Names are
+  compared in lowercase; IPv6 addresses in their compressed form.
 - port: decimal ``1 .. 65535``; a URL without a port has its scheme's default (80, 443).
 
 Matching (``allow.matches(destination)``), where ``allow`` is an allow-list entry:
@@ -53,6 +54,8 @@ def _parse_host(text: str) -> str:
             return f"[{ipaddress.IPv6Address(inner).compressed}]"
         except ValueError:
             raise PolicyError(f"bad IPv6 address {text!r}") from None
+    if not text.isascii():
+        raise PolicyError(f"bad host {text!r}: only ASCII names (use the IDNA A-label)")
     host = text.lower()
     if not host or len(host) > 253:
         raise PolicyError(f"bad host {text!r}")

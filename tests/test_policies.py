@@ -566,9 +566,81 @@ def test_appraisal_reference_values() -> None:
         AppraisalPolicy(accept=AcceptMode.REGISTERED, reference_values=registered)
 
 
-def test_minimum_tcb_to_tcb_version() -> None:
-    tcb = MinimumTcb(bootloader=3, tee=0, snp=8, microcode=115).to_tcb_version()
-    assert tcb.components() == {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
+def _report(**fields: Any) -> Any:
+    from attestation import AttestationReport
+    from attestation._types import Product, TcbVersion
+
+    tcb = TcbVersion(bootloader=3, tee=0, snp=8, microcode=115)
+    base: dict[str, Any] = {
+        "product": Product.MILAN,
+        "version": 2,
+        "current_tcb": tcb,
+        "reported_tcb": tcb,
+        "committed_tcb": tcb,
+        "launch_tcb": tcb,
+        "measurement": M1,
+        "host_data": H1,
+    }
+    base.update(fields)
+    return AttestationReport(**base)
+
+
+def test_appraisal_options_from_policy() -> None:
+    from attestation import GuestPolicy, appraise
+
+    policy = load_default("appraisal")
+    registered = (ReferenceValue(M1, "enclave", H1), ReferenceValue(M2, "other"))
+    options = policy.appraisal_options(
+        registered, measurement=M1, host_data=H1, report_data=bytes(range(64))
+    )
+    assert options.allowed_measurements == frozenset({M1})
+    assert options.host_data == H1
+    assert options.report_data == bytes(range(64))
+    assert options.forbid_debug is True and options.vmpl == 0
+    assert options.min_report_version == 2
+    assert options.min_tcb is not None
+    assert options.min_tcb.components() == {"bootloader": 0, "tee": 0, "snp": 0, "microcode": 0}
+    good = _report(report_data=bytes(range(64)))
+    assert appraise(good, options) == []
+
+    debug = _report(report_data=bytes(range(64)), policy=GuestPolicy(debug=True))
+    failures = appraise(debug, options)
+    assert len(failures) == 1 and "DEBUG" in failures[0]
+
+    # Registered measurement, but HOST_DATA other than the pinned one: fails on HOST_DATA.
+    options = policy.appraisal_options(registered, measurement=M1, host_data=H2)
+    assert options.allowed_measurements == frozenset({M1}) and options.host_data == H1
+    failures = appraise(_report(host_data=H2), options)
+    assert len(failures) == 1 and "HOST_DATA" in failures[0]
+
+    # Unregistered measurement: fails on MEASUREMENT, also with nothing registered.
+    unknown = bytes(48)
+    options = policy.appraisal_options(registered, measurement=unknown, host_data=H1)
+    assert options.allowed_measurements == frozenset({M1, M2})
+    failures = appraise(_report(measurement=unknown), options)
+    assert len(failures) == 1 and "MEASUREMENT" in failures[0]
+    options = policy.appraisal_options((), measurement=M1, host_data=H1)
+    assert options.allowed_measurements == frozenset()
+    assert appraise(_report(), options) != []
+
+    # A policy's minimum TCB and report version are carried over.
+    strict = replace(policy, minimum_tcb=MinimumTcb(snp=9), minimum_report_version=3)
+    options = strict.appraisal_options(registered, measurement=M1, host_data=H1)
+    failures = appraise(_report(), options)
+    assert any("snp 8 < minimum 9" in f for f in failures)
+    assert any("VERSION 2 < minimum 3" in f for f in failures)
+
+
+def test_appraisal_options_listed_ignores_registry() -> None:
+    listed = AppraisalPolicy(
+        accept=AcceptMode.LISTED, reference_values=(ReferenceValue(M2, "pinned"),)
+    )
+    options = listed.appraisal_options(
+        (ReferenceValue(M1, "registered"),), measurement=M1, host_data=H1
+    )
+    assert options.allowed_measurements == frozenset({M2})
+    options = listed.appraisal_options((), measurement=M2, host_data=H1)
+    assert options.allowed_measurements == frozenset({M2}) and options.host_data is None
 
 
 # --------------------------------------------------------------------------- key release
@@ -656,6 +728,7 @@ def test_release_rule_invariants() -> None:
         ("[::1]:9000", "http://[0:0::1]:9000/x", True),
         ("[::1]:9000", "[::2]:9000", False),
         ("https://cloud.example", "not a url", False),
+        ("https://kloud.example", "https://\u212aloud.example", False),
         ("https://cloud.example", "ftp://cloud.example", False),
     ],
 )
@@ -678,6 +751,7 @@ def test_egress_destination_matching(entry: str, destination: str, allowed: bool
         "http://[fe80::1%eth0]",
         "ws://cloud.example",
         "::1:80",
+        "https://b\u00fccher.example",
     ],
 )
 def test_endpoint_syntax_rejected(text: str) -> None:

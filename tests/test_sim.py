@@ -515,3 +515,46 @@ def test_stale_vcek_after_tcb_change_is_rejected(tmp_path: Path, milan: Simulate
     verify_report(raw, sim.vcek, sim.chain_pem(), at=NOW, roots=roots)
     with pytest.raises(VerificationError):
         verify_report(raw, old_vcek, sim.chain_pem(), at=NOW, roots=roots)
+
+
+# --- CLI round trip: pmc2 snp simulate, then pmc2 snp verify ------------------------------
+
+
+@pytest.mark.parametrize("vlek", [False, True], ids=["vcek", "vlek"])
+def test_cli_simulate_then_verify(
+    tmp_path: Path, platform: SimulatedPlatform, vlek: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = copy_state(platform, tmp_path / "state")
+    out = tmp_path / "out" / "report.bin"
+    argv = ["snp", "simulate", "--state", str(state), "--measurement", MEASUREMENT.hex()]
+    argv += ["--host-data", HOST_DATA.hex(), "--report-data", "5a" * 64, "--debug"]
+    argv += ["--out", str(out), "--json", *(["--vlek"] if vlek else [])]
+    assert main(argv) == 0
+    sim = json.loads(capsys.readouterr().out)
+    verify = ["snp", "verify", sim["report"], "--cert", sim["cert"], "--chain", sim["chain"]]
+
+    assert main([*verify, "--roots", sim["roots"], "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["authentic"] is True
+    assert doc["signing_key"] == ("vlek" if vlek else "vcek")
+    assert doc["product"] == platform.product.value
+    assert doc["report_version"] == 3
+    assert doc["measurement"] == MEASUREMENT.hex()
+    assert doc["host_data"] == HOST_DATA.hex()
+    assert doc["report_data"] == "5a" * 64
+    assert doc["chip_id"] == platform.chip_id.hex()
+    assert doc["policy"]["debug"] is True
+    assert doc["reported_tcb"] == platform.reported_tcb.components()
+    assert doc["errors"] == []
+
+    # not trusted by default: the pinned AMD roots reject the simulated ARK
+    assert main([*verify, "--json"]) == 3
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["authentic"] is False and doc["errors"]
+
+    # authentic, but a no-debug appraisal policy rejects it
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'forbid_debug = true\nallowed_measurements = ["{MEASUREMENT.hex()}"]\n')
+    assert main([*verify, "--roots", sim["roots"], "--policy", str(policy), "--json"]) == 4
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["authentic"] is True and any("debug" in e.lower() for e in doc["errors"])

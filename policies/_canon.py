@@ -5,15 +5,17 @@ Canonical encoding (PMC2 policy documents, schema version 1)
 
 A document is first parsed and validated into its typed model; the model then gives a
 *canonical value* (``to_dict()``), a JSON value made only of objects with ASCII string
-keys, arrays, strings, booleans and integers in ``0 .. 2**53 - 1``. There are no floats and
-no nulls: an optional field that is not set is left out of its object. Values are
+keys, arrays, strings, booleans and integers in ``0 .. 2**53 - 1``. There are no floats
+and no nulls: an optional field that is not set is left out of its object (so is the
+appraisal policy's ``reference_values`` under ``accept = "registered"``, where it must be
+empty). Every other field of the model is present, defaults included, so a document that
+omits a defaulted key and one that spells it out have the same encoding. Values are
 normalized by the model before encoding: byte strings (measurements, HOST_DATA, digests)
-are lowercase hexadecimal; endpoint hosts and URL schemes are lowercase, with the scheme's
-default port left out; arrays keep the document's order (duplicates are rejected when
-parsing). Every field of the model is present, defaults included, so a document that
-omits a defaulted key and one that spells it out have the same encoding. The first member
-of every document, ``schema``, names the document type and version
-(``pmc2/appraisal/v1``, ...), so encodings of different document types never collide.
+are lowercase hexadecimal; endpoint hosts and URL schemes are lowercase, with the
+scheme's default port and a trailing ``/`` left out; arrays keep the document's order
+(duplicates are rejected when parsing). Every document has a member ``schema`` naming its
+type and version (``pmc2/appraisal/v1``, ``pmc2/key-release/v1``, ``pmc2/egress/v1``,
+``pmc2/launch-config/v1``), so encodings of different document types never collide.
 
 The canonical value is serialized as JSON in the manner of RFC 8785 (JSON Canonicalization
 Scheme), which for this restricted set of types is exactly:

@@ -1,5 +1,18 @@
 """PMC2 vision pipeline: data, classifiers, perturbation generator, neural codec."""
 
+from vision._bundle import (
+    DEFAULT_BUNDLE_DIR,
+    MAX_BUNDLE_BYTES,
+    ROLES,
+    Bundle,
+    BundleManifest,
+    NetworkEntry,
+    NetworkSpec,
+    load_bundle,
+    manifest_digest,
+    read_manifest,
+    write_bundle,
+)
 from vision._codec import (
     FORMAT_VERSION,
     CodecLimits,
@@ -16,10 +29,17 @@ from vision._codec import (
 from vision._errors import BundleError, CodecError, VisionError
 
 __all__: list[str] = [
+    "DEFAULT_BUNDLE_DIR",
     "FORMAT_VERSION",
+    "MAX_BUNDLE_BYTES",
+    "ROLES",
+    "Bundle",
     "BundleError",
+    "BundleManifest",
     "CodecError",
     "CodecLimits",
+    "NetworkEntry",
+    "NetworkSpec",
     "StreamHeader",
     "VisionError",
     "decode_batch",
@@ -28,6 +48,10 @@ __all__: list[str] = [
     "decode_single_latents",
     "encode_batch",
     "encode_single",
+    "load_bundle",
     "make_codec",
+    "manifest_digest",
     "quantized_latents",
+    "read_manifest",
+    "write_bundle",
 ]

@@ -219,3 +219,18 @@ def test_hybrid_vector_is_xwing(vectors: dict[str, Any]) -> None:
     entry = next(k for k in vectors["keys"] if k["suite"] == "HPKE-9")
     assert entry["kem_id"] == 0x647A and len(bytes.fromhex(entry["public_key"])) == 1216
     assert SUITE_MLKEM768_X25519.name == "HPKE-9"
+
+
+def test_protocol_document_example_matches_vectors(vectors: dict[str, Any]) -> None:
+    """docs/protocol.md's worked example quotes the vector file."""
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    entry = next(r for r in vectors["requests"] if r["name"] == "HPKE-3/options-unpadded")
+    for value in (
+        entry["key_id"],
+        entry["ephemeral_private_key"],
+        entry["enc"],
+        entry["response_key"],
+        vectors["keys"][0]["public_key"],
+    ):
+        assert value in text
+    assert f"({len(bytes.fromhex(entry['envelope']))} bytes)" in text

@@ -29,6 +29,15 @@ from attestation._certs import (
     verify_chain,
 )
 from attestation._certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, CertTable
+from attestation._errors import (
+    AppraisalError,
+    AttestationError,
+    FetchError,
+    MalformedError,
+    ProviderError,
+    RateLimitedError,
+    VerificationError,
+)
 from attestation._kds import KDS_BASE_URL, AmdChain, KdsClient, RetryPolicy, kds_hwid, vcek_path
 from attestation._measure import (
     FileDigest,
@@ -41,6 +50,7 @@ from attestation._provider import GuestReport, ReportProvider
 from attestation._sevguest import SevGuestDeviceProvider
 from attestation._sim import SimulatedPlatform, SimulatedProvider
 from attestation._tsm import ConfigfsTsmProvider
+from attestation._types import OID, Product, TcbVersion
 from attestation._verify import VerifiedReport, verify_report
 
 __all__: list[str] = [
@@ -48,31 +58,41 @@ __all__: list[str] = [
     "ARK_GUID",
     "ASK_GUID",
     "KDS_BASE_URL",
+    "OID",
     "REPORT_SIZE",
     "SIGNED_SIZE",
     "VCEK_GUID",
     "VLEK_GUID",
     "AmdChain",
+    "AppraisalError",
     "AppraisalOptions",
+    "AttestationError",
     "AttestationReport",
     "CertTable",
     "ConfigfsTsmProvider",
     "EndorsementExtensions",
+    "FetchError",
     "FileDigest",
     "GuestPolicy",
     "GuestReport",
     "KdsClient",
     "KeyKind",
     "LaunchArtifacts",
+    "MalformedError",
     "MinimumTcb",
     "PlatformInfo",
+    "Product",
+    "ProviderError",
+    "RateLimitedError",
     "ReportProvider",
     "RetryPolicy",
     "SevGuestDeviceProvider",
     "SigningKey",
     "SimulatedPlatform",
     "SimulatedProvider",
+    "TcbVersion",
     "TrustedRoots",
+    "VerificationError",
     "VerifiedChain",
     "VerifiedReport",
     "VmmType",

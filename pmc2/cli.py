@@ -21,6 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 def _build_parser() -> argparse.ArgumentParser:
     from attestation._cli import register as register_snp
     from pmc2._demo import register as register_demo
+    from policies._cli import register as register_policy
     from vision._cli import register as register_vision
 
     parser = argparse.ArgumentParser(
@@ -33,6 +34,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = bench_parser.add_subparsers(dest="bench", metavar="BENCHMARK")
     register_snp(sub, bench)
     register_vision(sub, bench)
+    register_policy(sub, bench)
     register_demo(sub, bench)
     return parser
 

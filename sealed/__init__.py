@@ -27,6 +27,7 @@ from sealed._envelope import (
     peek_request_header,
 )
 from sealed._errors import (
+    PROBLEM_TYPE_PREFIX,
     DecryptionError,
     MalformedError,
     OversizedError,
@@ -73,6 +74,7 @@ __all__: list[str] = [
     "DEFAULT_SUITE",
     "MAGIC",
     "MAX_TOP_K",
+    "PROBLEM_TYPE_PREFIX",
     "SUITE_MLKEM768_X25519",
     "SUITE_X25519",
     "SUPPORTED_SUITES",

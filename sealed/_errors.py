@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "PROBLEM_TYPE_PREFIX",
     "DecryptionError",
     "MalformedError",
     "OversizedError",
@@ -23,11 +24,24 @@ __all__ = [
 ]
 
 
+PROBLEM_TYPE_PREFIX = "urn:pmc2:sealed:"
+
+
 class SealedError(Exception):
     """Root of every error raised by the ``sealed`` package."""
 
     code: ClassVar[str] = "sealed-error"
+    title: ClassVar[str] = "sealed envelope refused"
     http_status: ClassVar[int] = 400
+
+    def to_problem(self) -> dict[str, object]:
+        """An RFC 7807 problem document for this error (protocol.md section 8)."""
+        return {
+            "type": PROBLEM_TYPE_PREFIX + self.code,
+            "title": self.title,
+            "status": self.http_status,
+            "detail": str(self),
+        }
 
 
 class MalformedError(SealedError):
@@ -35,6 +49,7 @@ class MalformedError(SealedError):
     trailing bytes, inconsistent lengths, bad inner encoding, out-of-range option)."""
 
     code: ClassVar[str] = "malformed"
+    title: ClassVar[str] = "malformed envelope"
     http_status: ClassVar[int] = 400
 
 
@@ -43,6 +58,7 @@ class OversizedError(SealedError):
     cryptography for the envelope itself)."""
 
     code: ClassVar[str] = "oversized"
+    title: ClassVar[str] = "envelope too large"
     http_status: ClassVar[int] = 413
 
 
@@ -50,6 +66,7 @@ class UnsupportedVersionError(SealedError):
     """The envelope's version byte names a protocol version this implementation lacks."""
 
     code: ClassVar[str] = "unsupported-version"
+    title: ClassVar[str] = "unsupported envelope version"
     http_status: ClassVar[int] = 400
 
     def __init__(self, version: int) -> None:
@@ -61,6 +78,7 @@ class UnsupportedSuiteError(SealedError):
     """The (KEM, KDF, AEAD) identifiers are not a suite this implementation supports."""
 
     code: ClassVar[str] = "unsupported-suite"
+    title: ClassVar[str] = "unsupported HPKE suite"
     http_status: ClassVar[int] = 400
 
     def __init__(self, kem_id: int, kdf_id: int, aead_id: int) -> None:
@@ -77,6 +95,7 @@ class WrongSuiteError(SealedError):
     response, not the AEAD of the request it answers)."""
 
     code: ClassVar[str] = "wrong-suite"
+    title: ClassVar[str] = "wrong HPKE suite for the key"
     http_status: ClassVar[int] = 400
 
 
@@ -88,6 +107,7 @@ class UnknownKeyError(SealedError):
     """
 
     code: ClassVar[str] = "unknown-key"
+    title: ClassVar[str] = "unknown key id"
     http_status: ClassVar[int] = 421
 
     def __init__(self, key_id: str, current_key_id: str) -> None:
@@ -95,10 +115,16 @@ class UnknownKeyError(SealedError):
         self.current_key_id = current_key_id
         super().__init__(f"unknown key id {key_id}; the current key id is {current_key_id}")
 
+    def to_problem(self) -> dict[str, object]:
+        problem = super().to_problem()
+        problem.update(key_id=self.key_id, current_key_id=self.current_key_id)
+        return problem
+
 
 class DecryptionError(SealedError):
     """Authenticated decryption failed: the envelope was tampered with, sealed to another
     key, or bound to another header/request. Deliberately carries no further detail."""
 
     code: ClassVar[str] = "decryption-failed"
+    title: ClassVar[str] = "decryption failed"
     http_status: ClassVar[int] = 400

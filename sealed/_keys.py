@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import re
@@ -143,12 +144,16 @@ class EnclavePublicKey:
     def from_bytes(cls, suite: HpkeSuite, raw: bytes) -> EnclavePublicKey:
         return cls(suite, bytes(raw))
 
-    @property
+    @functools.cached_property
     def key_id(self) -> KeyId:
         return compute_key_id(self.suite, self.raw)
 
-    def _hpke_key(self) -> HpkePublicKey:
+    @functools.cached_property
+    def _hpke_public(self) -> HpkePublicKey:
         return _load_public(self.suite, self.raw)
+
+    def _hpke_key(self) -> HpkePublicKey:
+        return self._hpke_public
 
     def to_jwk(self) -> dict[str, str]:
         """The public JWK (protocol.md 3.4).
@@ -226,7 +231,7 @@ class EnclaveKeyPair:
     is the only way out and warns.
     """
 
-    __slots__ = ("_private", "_public", "_suite")
+    __slots__ = ("_hpke_private", "_private", "_public", "_suite")
 
     def __init__(self, suite: HpkeSuite, private_bytes: bytes) -> None:
         if suite not in SUPPORTED_SUITES:
@@ -236,6 +241,7 @@ class EnclaveKeyPair:
         self._suite = suite
         self._private = private_bytes
         self._public = EnclavePublicKey(suite, _public_bytes(suite, private_bytes))
+        self._hpke_private = _load_private(suite, private_bytes)
 
     @classmethod
     def generate(cls, suite: HpkeSuite = DEFAULT_SUITE) -> EnclaveKeyPair:
@@ -269,7 +275,7 @@ class EnclaveKeyPair:
         return self._private
 
     def _hpke_key(self) -> HpkePrivateKey:
-        return _load_private(self._suite, self._private)
+        return self._hpke_private
 
     def __repr__(self) -> str:
         return f"EnclaveKeyPair(suite={self._suite.name}, key_id={self.key_id})"

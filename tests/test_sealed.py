@@ -646,3 +646,19 @@ def test_inference_result_invariants() -> None:
         ScoredLabel.from_probability(1, 1.5)
     with pytest.raises(MalformedError):
         InferenceFailure("Bad Code")
+
+
+def test_problem_documents(envelope: bytes) -> None:
+    current = EnclaveKeyPair.generate()
+    with pytest.raises(UnknownKeyError) as info:
+        open_request(envelope, current)
+    problem = info.value.to_problem()
+    assert problem["type"] == "urn:pmc2:sealed:unknown-key" and problem["status"] == 421
+    assert problem["current_key_id"] == current.key_id.hex
+    assert problem["title"] == "unknown key id" and isinstance(problem["detail"], str)
+    assert DecryptionError("x").to_problem() == {
+        "type": "urn:pmc2:sealed:decryption-failed",
+        "title": "decryption failed",
+        "status": 400,
+        "detail": "x",
+    }

@@ -1,4 +1,4 @@
-"""Canonical JSON for the sealed payloads (docs/protocol.md, section 6.1).
+"""Canonical JSON for the sealed payloads (docs/protocol.md, section 6.4).
 
 The options and the response body are JSON values of a deliberately small type set:
 objects with ASCII keys, arrays, strings of printable ASCII (U+0020..U+007E), and

@@ -131,9 +131,9 @@ def parse_request(data: bytes, limits: Limits) -> ParsedRequest:
 
     Checklist (protocol.md 4.2): 1. size ≤ ``max_envelope_bytes`` (else oversized);
     2. at least 6 bytes, magic ``PMC2``; 3. version 1 (else unsupported version);
-    4. type 0x01; 5. the full 28-byte header; 6. a supported suite (else unsupported
-    suite); 7. ``enc_len`` = Nenc of the suite; 8. ``ct_len`` ≥ 16 and exactly the
-    remaining bytes (fewer: truncated; more: trailing bytes).
+    4. type 0x01; 5. at least 30 bytes (header and ``enc_len``); 6. a supported suite
+    (else unsupported suite); 7. ``enc_len`` = Nenc of the suite; 8. ``ct_len`` ≥ 16 and
+    exactly the remaining bytes (fewer: truncated; more: trailing bytes).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedError("an envelope is a byte string")
@@ -190,10 +190,10 @@ class ParsedResponse:
 def parse_response(data: bytes, limits: Limits) -> ParsedResponse:
     """Frame a response envelope; no cryptography.
 
-    Checklist (protocol.md 5.2): 1. size ≤ ``max_response_bytes``; 2. magic; 3. version
-    1; 4. type 0x02; 5. the full 20-byte header and ``ct_len``; 6. ``ct_len`` ≥ 16 and
-    exactly the remaining bytes. (The AEAD id is checked against the request by the
-    caller.)
+    Checklist (protocol.md 5.2): 1. size ≤ ``max_response_bytes``; 2. at least 6 bytes,
+    magic; 3. version 1; 4. type 0x02; 5. at least 24 bytes (header and ``ct_len``);
+    6. ``ct_len`` ≥ 16 and exactly the remaining bytes. (The AEAD id is checked against
+    the request by the caller.)
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedError("an envelope is a byte string")

@@ -93,7 +93,7 @@ def _padding_block(value: int) -> int:
 
 
 def _padded_length(unpadded: int, block: int, maximum: int) -> int:
-    """Round up to a multiple of ``block``, but never beyond ``maximum`` (protocol.md 6)."""
+    """Round up to a multiple of ``block``, but never beyond ``maximum`` (protocol.md 6.1)."""
     padded = -(-unpadded // block) * block
     return min(padded, maximum)
 
@@ -101,7 +101,7 @@ def _padded_length(unpadded: int, block: int, maximum: int) -> int:
 def request_plaintext(
     response_key: bytes, options: bytes, jpeg: bytes, padded_length: int
 ) -> bytes:
-    """The request plaintext (protocol.md 6): key, options, JPEG, zero padding."""
+    """The request plaintext (protocol.md 6.1): key, options, JPEG, zero padding."""
     body = response_key + u16(len(options)) + options + u32(len(jpeg)) + jpeg
     return body + b"\x00" * (padded_length - len(body))
 
@@ -194,6 +194,8 @@ def _build_request_plaintext(
     padding_block: int,
 ) -> bytes:
     block = _padding_block(padding_block)
+    if isinstance(jpeg, bytearray | memoryview):
+        jpeg = bytes(jpeg)
     if not isinstance(jpeg, bytes) or not jpeg:
         raise MalformedError("the JPEG is a non-empty byte string")
     if len(jpeg) > limits.max_jpeg_bytes:
@@ -217,7 +219,7 @@ def open_request(
 ) -> OpenedRequest:
     """Open a request envelope with one of the enclave's ``keys`` (the first is current).
 
-    Checklist (protocol.md 4.2 and 6): 1-8. the framing checks of ``parse_request``
+    Checklist (protocol.md 4.2 and 6.1): 1-8. the framing checks of ``parse_request``
     (size first, before any cryptography); 9. a key with the envelope's key id is held
     (else ``UnknownKeyError`` carrying the current key id); 10. the envelope's suite is
     that key's suite (else ``WrongSuiteError``); 11. HPKE base-mode open with the bound

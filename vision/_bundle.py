@@ -439,7 +439,7 @@ def write_bundle(
             if role != "codec" or spec.arch != CODEC_ARCH:
                 raise BundleError(f"the codec role takes a {CODEC_ARCH} network")
             _check_codec_tables(spec.module)
-        blob = save(_state_tensors(spec), metadata={"role": role, "arch": spec.arch})
+        blob = save(_state_tensors(spec))  # no metadata: its key order is not deterministic
         blobs[role] = blob
         entries[role] = NetworkEntry(
             role=role,

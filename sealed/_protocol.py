@@ -154,7 +154,7 @@ class OpenedRequest:
 
 def seal_request(
     public_key: EnclavePublicKey,
-    jpeg: bytes,
+    jpeg: bytes | bytearray | memoryview,
     options: RequestOptions | None = None,
     *,
     limits: Limits = DEFAULT_LIMITS,
@@ -175,7 +175,7 @@ def seal_request(
         suite,
         response_key=response_key,
         options=opts,
-        jpeg=jpeg,
+        jpeg=bytes(jpeg) if isinstance(jpeg, bytearray | memoryview) else jpeg,
         limits=limits,
         padding_block=padding_block,
     )
@@ -194,8 +194,6 @@ def _build_request_plaintext(
     padding_block: int,
 ) -> bytes:
     block = _padding_block(padding_block)
-    if isinstance(jpeg, bytearray | memoryview):
-        jpeg = bytes(jpeg)
     if not isinstance(jpeg, bytes) or not jpeg:
         raise MalformedError("the JPEG is a non-empty byte string")
     if len(jpeg) > limits.max_jpeg_bytes:

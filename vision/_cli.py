@@ -1,18 +1,304 @@
-"""``pmc2 train`` subcommands; the vision benchmarks come from ``_bench_cli``."""
+"""``pmc2 train classifier|generator|codec``; the vision benchmarks come from ``_bench_cli``.
+
+Heavy imports (torch, the trainers) happen inside the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
 from vision import _bench_cli
 
 __all__ = ["register"]
 
+_DEFAULT_DATA = "../shared/datasets/cifar10"
 
-def register(
-    sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAction[Any]
-) -> None:
+
+def _common(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path(_DEFAULT_DATA),
+        help="CIFAR-10 root: train/test tar.gz, class folders or cifar-10-batches-py",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(".cache/cifar10"),
+        help="where decoded arrays are cached (.npy)",
+    )
+    p.add_argument("--out", type=Path, default=Path(default_out), help="output directory")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--bf16",
+        dest="bf16",
+        action="store_true",
+        default=None,
+        help="bfloat16 autocast (default: when the hardware has it)",
+    )
+    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-train", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAction[Any]) -> None:
     """Add the vision subcommands to the ``pmc2`` parser."""
-    del sub
+    train = sub.add_parser("train", help="train classifiers, the generator, the codec")
+    tsub = train.add_subparsers(dest="train", metavar="WHAT")
+
+    clf = tsub.add_parser("classifier", help="train a target or auxiliary classifier")
+    clf.add_argument(
+        "--arch", default="airbench", help="airbench, vgg13_bn, resnet18, densenet121, googlenet"
+    )
+    clf.add_argument(
+        "--config",
+        default=None,
+        help="architecture config as JSON, e.g. '{\"widths\": [64, 256, 256]}'",
+    )
+    clf.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="shortcut: width (resnet18: first-stage channels; vgg13_bn: multiplier)",
+    )
+    clf.add_argument("--label-smoothing", type=float, default=None)
+    clf.add_argument("--weight-decay", type=float, default=None)
+    _common(clf, "runs/classifier")
+    clf.set_defaults(handler=_train_classifier)
+
+    gen = tsub.add_parser("generator", help="train the U-Net perturbation generator")
+    gen.add_argument("--target", type=Path, default=None, help="trained target classifier dir")
+    gen.add_argument("--aux", type=Path, default=None, help="trained auxiliary classifier dir")
+    gen.add_argument(
+        "--pair",
+        choices=["vgg13", "resnet18", "densenet121", "googlenet"],
+        default=None,
+        help="the paper's (target, aux) pair: trains both classifiers at full "
+        "size first when --target/--aux are not given (GPU-sized)",
+    )
+    gen.add_argument("--width", type=int, default=None, help="U-Net base width (paper: 32)")
+    gen.add_argument("--ssim-weight", type=float, default=None)
+    gen.add_argument("--aux-weight", type=float, default=None)
+    gen.add_argument("--eval-images", type=int, default=None)
+    _common(gen, "runs/generator")
+    gen.set_defaults(handler=_train_generator)
+
+    cod = tsub.add_parser("codec", help="train the FactorizedPrior codec on protected images")
+    cod.add_argument("--generator", type=Path, required=True, help="trained generator dir")
+    cod.add_argument(
+        "--target",
+        type=Path,
+        default=None,
+        help="target classifier dir (default: the generator's target)",
+    )
+    cod.add_argument(
+        "--lambda",
+        dest="lmbda",
+        type=float,
+        default=None,
+        help="rate weight: loss = MSE + lambda * bpp",
+    )
+    cod.add_argument(
+        "--ce-weight", type=float, default=None, help="optional: + weight * CE(target(decoded), y)"
+    )
+    cod.add_argument("--N", type=int, default=None)
+    cod.add_argument("--M", type=int, default=None)
+    cod.add_argument("--eval-images", type=int, default=None)
+    _common(cod, "runs/codec")
+    cod.set_defaults(handler=_train_codec)
+
     _bench_cli.register(bench)
+
+
+def _command() -> str:
+    return shlex.join(["pmc2", *sys.argv[1:]])
+
+
+def _setup(args: argparse.Namespace) -> Any:
+    import torch
+
+    from vision._train import pick_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return pick_device(args.device)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from vision._data import load_cifar10, split_test
+
+    train = load_cifar10(args.data, "train", args.cache)
+    val, evaluation = split_test(load_cifar10(args.data, "test", args.cache))
+    return train, val, evaluation
+
+
+def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    return {
+        field: getattr(args, attr)
+        for attr, field in names.items()
+        if getattr(args, attr, None) is not None
+    }
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from vision._train import ClassifierTrainConfig, train_classifier
+
+    device = _setup(args)
+    arch_config: dict[str, Any] = json.loads(args.config) if args.config else {}
+    if args.width is not None:
+        arch_config["width"] = int(args.width) if args.arch == "resnet18" else args.width
+    cfg = replace(
+        ClassifierTrainConfig(
+            arch=args.arch, arch_config=arch_config, seed=args.seed, bf16=args.bf16
+        ),
+        **_overrides(
+            args,
+            {
+                "epochs": "epochs",
+                "batch_size": "batch_size",
+                "lr": "lr",
+                "label_smoothing": "label_smoothing",
+                "weight_decay": "weight_decay",
+                "max_train": "max_train",
+            },
+        ),
+    )
+    train, val, evaluation = _load(args)
+    metrics = train_classifier(
+        cfg,
+        train,
+        val,
+        args.out,
+        resume=args.resume,
+        device=device,
+        progress=not args.no_progress,
+        command=_command(),
+        evaluation=evaluation,
+    )
+    print(json.dumps(metrics[-1] if metrics else {}))
+    return 0
+
+
+def _train_generator(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from vision._models import PAPER_PAIRS
+    from vision._train import GeneratorTrainConfig, load_classifier_dir, train_generator
+
+    device = _setup(args)
+    if args.target is None or args.aux is None:
+        if args.pair is None:
+            print("give --target and --aux, or --pair", file=sys.stderr)
+            return 2
+        t_arch, a_arch = PAPER_PAIRS[args.pair]
+        print(
+            f"--pair {args.pair}: train {t_arch} and {a_arch} first with "
+            f"`pmc2 train classifier --arch {t_arch} --out runs/{t_arch}` (and {a_arch}), "
+            "then pass --target/--aux",
+            file=sys.stderr,
+        )
+        return 2
+    target, t_meta = load_classifier_dir(args.target)
+    aux, a_meta = load_classifier_dir(args.aux)
+    cfg = replace(
+        GeneratorTrainConfig(seed=args.seed, bf16=args.bf16),
+        **_overrides(
+            args,
+            {
+                "epochs": "epochs",
+                "batch_size": "batch_size",
+                "lr": "lr",
+                "width": "base",
+                "ssim_weight": "ssim_weight",
+                "aux_weight": "aux_weight",
+                "max_train": "max_train",
+                "eval_images": "eval_images",
+            },
+        ),
+    )
+    train, val, _ = _load(args)
+    provenance = {
+        "target": {"dir": str(args.target), "arch": t_meta["arch"], "config": t_meta["config"]},
+        "aux": {"dir": str(args.aux), "arch": a_meta["arch"], "config": a_meta["config"]},
+    }
+    metrics = train_generator(
+        cfg,
+        train,
+        val,
+        args.out,
+        target=target,
+        aux=aux,
+        resume=args.resume,
+        device=device,
+        progress=not args.no_progress,
+        command=_command(),
+        provenance=provenance,
+    )
+    print(json.dumps(metrics[-1] if metrics else {}))
+    return 0
+
+
+def _train_codec(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from vision._train import (
+        CodecTrainConfig,
+        load_classifier_dir,
+        load_generator_dir,
+        train_codec,
+    )
+
+    device = _setup(args)
+    generator, g_meta = load_generator_dir(args.generator)
+    target_dir = args.target or (Path(g_meta["target"]["dir"]) if "target" in g_meta else None)
+    target = load_classifier_dir(target_dir)[0] if target_dir is not None else None
+    cfg = replace(
+        CodecTrainConfig(seed=args.seed, bf16=bool(args.bf16)),
+        **_overrides(
+            args,
+            {
+                "epochs": "epochs",
+                "batch_size": "batch_size",
+                "lr": "lr",
+                "lmbda": "lmbda",
+                "ce_weight": "ce_weight",
+                "N": "N",
+                "M": "M",
+                "max_train": "max_train",
+                "eval_images": "eval_images",
+            },
+        ),
+    )
+    train, val, _ = _load(args)
+    provenance = {
+        "generator": {"dir": str(args.generator)},
+        "target": {"dir": str(target_dir) if target_dir else None},
+    }
+    metrics = train_codec(
+        cfg,
+        train,
+        val,
+        args.out,
+        generator=generator,
+        target=target,
+        resume=args.resume,
+        device=device,
+        progress=not args.no_progress,
+        command=_command(),
+        provenance=provenance,
+    )
+    print(json.dumps(metrics[-1] if metrics else {}))
+    return 0

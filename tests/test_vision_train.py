@@ -1,0 +1,202 @@
+"""Tiny training runs (seconds): the loss improves, checkpoints resume exactly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from vision._data import CifarArrays
+from vision._train import (
+    ClassifierTrainConfig,
+    CodecTrainConfig,
+    GeneratorTrainConfig,
+    TrainError,
+    augment,
+    load_classifier_dir,
+    load_codec_dir,
+    load_generator_dir,
+    train_classifier,
+    train_codec,
+    train_generator,
+)
+
+CPU = torch.device("cpu")
+torch.set_num_threads(1)  # tiny networks: one thread is fastest and spares shared cores
+
+
+def _toy(n: int, seed: int) -> CifarArrays:
+    """Learnable toy data: each class has its own mean colour, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n).astype(np.int64)
+    base = np.stack([np.full((32, 32, 3), c * 25, np.float64) for c in range(10)])
+    base[..., 1] = 255 - base[..., 1]
+    noise = rng.normal(0, 20, size=(n, 32, 32, 3))
+    images = np.clip(base[labels] + noise, 0, 255).astype(np.uint8)
+    return CifarArrays(images, labels)
+
+
+TRAIN, VAL = _toy(192, 0), _toy(32, 1)
+TINY_CLF = ClassifierTrainConfig(
+    arch="airbench",
+    arch_config={"widths": [8, 16, 16]},
+    epochs=3,
+    batch_size=48,
+    lr=0.05,
+    warmup_epochs=0.5,
+    bf16=False,
+    channels_last=False,
+)
+
+
+def _train_clf(out: Path, cfg: ClassifierTrainConfig = TINY_CLF, **kw: Any) -> list[dict[str, Any]]:
+    return train_classifier(cfg, TRAIN, VAL, out, device=CPU, progress=False, **kw)
+
+
+def test_augment_keeps_shape_and_content() -> None:
+    x = torch.rand(5, 3, 32, 32)
+    y = augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    assert not torch.equal(x, y)
+    flipped = augment(x, torch.Generator().manual_seed(0), pad=0)
+    for a, b in zip(x, flipped, strict=True):
+        assert torch.equal(a, b) or torch.equal(a.flip(2), b)
+
+
+def test_classifier_improves_and_writes_model(tmp_path: Path) -> None:
+    metrics = _train_clf(tmp_path / "c", evaluation=VAL, command="pmc2 train classifier")
+    assert len(metrics) == 3
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text()) == metrics
+    model, meta = load_classifier_dir(tmp_path / "c")
+    assert meta["arch"] == "airbench" and meta["config"]["widths"] == [8, 16, 16]
+    assert meta["command"] == "pmc2 train classifier"
+    assert "eval_accuracy" in meta["metrics"]
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = replace(TINY_CLF, epochs=2)
+    _train_clf(tmp_path / "full", cfg)
+    _train_clf(tmp_path / "part", cfg, stop_after=1)  # "interrupted" after one epoch
+    resumed = _train_clf(tmp_path / "part", cfg, resume=True)
+    assert [m["epoch"] for m in resumed] == [1, 2]
+    a, _ = load_classifier_dir(tmp_path / "full")
+    b, _ = load_classifier_dir(tmp_path / "part")
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(ta, tb, msg=name)
+
+
+def test_checkpoint_guards(tmp_path: Path) -> None:
+    cfg = replace(TINY_CLF, epochs=1)
+    _train_clf(tmp_path / "r", cfg)
+    with pytest.raises(TrainError, match="already holds a checkpoint"):
+        _train_clf(tmp_path / "r", cfg)
+    with pytest.raises(TrainError, match="different configuration"):
+        _train_clf(tmp_path / "r", replace(cfg, lr=0.3), resume=True)
+    # no pickle anywhere: the checkpoint is safetensors + JSON only
+    names = sorted(p.name for p in (tmp_path / "r" / "checkpoint").iterdir())
+    assert names == ["model.safetensors", "opt-model.safetensors", "state.json"]
+
+
+def _tiny_classifiers(tmp_path: Path) -> tuple[Path, Path]:
+    target, aux = tmp_path / "target", tmp_path / "aux"
+    _train_clf(target, replace(TINY_CLF, epochs=1))
+    _train_clf(aux, replace(TINY_CLF, epochs=1, seed=1, arch="resnet18", arch_config={"width": 4}))
+    return target, aux
+
+
+def test_generator_improves_and_resumes(tmp_path: Path) -> None:
+    target_dir, aux_dir = _tiny_classifiers(tmp_path)
+    target, _ = load_classifier_dir(target_dir)
+    aux, _ = load_classifier_dir(aux_dir)
+    cfg = GeneratorTrainConfig(base=4, epochs=3, batch_size=64, lr=5e-3, bf16=False)
+    out = tmp_path / "gen"
+    run = train_generator(
+        cfg, TRAIN, VAL, out, target=target, aux=aux, device=CPU, progress=False, stop_after=2
+    )
+    metrics = train_generator(
+        cfg,
+        TRAIN,
+        VAL,
+        out,
+        target=target,
+        aux=aux,
+        device=CPU,
+        progress=False,
+        resume=True,
+        provenance={"target": {"dir": "t"}},
+    )
+    assert metrics[:2] == run
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert {"val_protected_accuracy", "val_ssim", "val_aux_protected_accuracy"} <= set(metrics[-1])
+    g, meta = load_generator_dir(out)
+    assert meta["config"] == {"base": 4, "channels": 3} and meta["target"] == {"dir": "t"}
+    # frozen classifiers stay untouched
+    t2, _ = load_classifier_dir(target_dir)
+    for a, b in zip(target.state_dict().values(), t2.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert g(x).shape == x.shape
+
+
+def test_codec_improves_and_loads(tmp_path: Path) -> None:
+    from vision._models import build_generator
+
+    generator = build_generator("unet", {"base": 4})
+    cfg = CodecTrainConfig(N=8, M=8, epochs=3, batch_size=32, lr=1e-3, lmbda=0.001, eval_images=16)
+    out = tmp_path / "codec"
+    train_codec(
+        cfg,
+        TRAIN,
+        VAL,
+        out,
+        generator=generator,
+        target=None,
+        device=CPU,
+        progress=False,
+        stop_after=1,
+    )
+    metrics = train_codec(
+        cfg,
+        TRAIN,
+        VAL,
+        out,
+        generator=generator,
+        target=None,
+        device=CPU,
+        progress=False,
+        resume=True,
+    )
+    assert len(metrics) == 3
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[-1]["val_bytes_per_image"] > 0
+    codec, meta = load_codec_dir(out)
+    assert meta["config"] == {"N": 8, "M": 8}
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        enc = codec.compress(x)
+        assert codec.decompress(enc["strings"], enc["shape"])["x_hat"].shape == x.shape
+
+
+def test_codec_ce_weight_needs_target(tmp_path: Path) -> None:
+    from vision._models import build_generator
+
+    with pytest.raises(TrainError, match="target"):
+        train_codec(
+            CodecTrainConfig(N=8, M=8, ce_weight=1.0),
+            TRAIN,
+            VAL,
+            tmp_path / "x",
+            generator=build_generator("unet", {"base": 4}),
+            target=None,
+            device=CPU,
+            progress=False,
+        )

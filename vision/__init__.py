@@ -1,5 +1,7 @@
 """PMC2 vision pipeline: data, classifiers, perturbation generator, neural codec."""
 
+from typing import TYPE_CHECKING, Any
+
 from vision._bundle import (
     DEFAULT_BUNDLE_DIR,
     MAX_BUNDLE_BYTES,
@@ -38,26 +40,68 @@ from vision._data import (
     split_test,
 )
 from vision._errors import BundleError, CodecError, VisionError
-from vision._models import (
-    CLASSIFIER_ARCHS,
-    PAPER_PAIRS,
-    Classifier,
-    UNetGenerator,
-    build_classifier,
-    build_generator,
-)
-from vision._train import (
-    ClassifierTrainConfig,
-    CodecTrainConfig,
-    GeneratorTrainConfig,
-    TrainError,
-    load_classifier_dir,
-    load_codec_dir,
-    load_generator_dir,
-    train_classifier,
-    train_codec,
-    train_generator,
-)
+
+if TYPE_CHECKING:  # torch-backed names load lazily (see __getattr__): `pmc2 --help` stays fast
+    from vision._models import (
+        CLASSIFIER_ARCHS,
+        PAPER_PAIRS,
+        Classifier,
+        UNetGenerator,
+        build_classifier,
+        build_generator,
+    )
+    from vision._train import (
+        ClassifierTrainConfig,
+        CodecTrainConfig,
+        GeneratorTrainConfig,
+        TrainError,
+        load_classifier_dir,
+        load_codec_dir,
+        load_generator_dir,
+        train_classifier,
+        train_codec,
+        train_generator,
+    )
+
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "CLASSIFIER_ARCHS",
+            "PAPER_PAIRS",
+            "Classifier",
+            "UNetGenerator",
+            "build_classifier",
+            "build_generator",
+        ),
+        "vision._models",
+    ),
+    **dict.fromkeys(
+        (
+            "ClassifierTrainConfig",
+            "CodecTrainConfig",
+            "GeneratorTrainConfig",
+            "TrainError",
+            "load_classifier_dir",
+            "load_codec_dir",
+            "load_generator_dir",
+            "train_classifier",
+            "train_codec",
+            "train_generator",
+        ),
+        "vision._train",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the torch-backed modules on first use of one of their names."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vision' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 __all__: list[str] = [
     "CIFAR10_CLASSES",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,15 @@ from vision._bundle import (
     write_bundle,
 )
 from vision._codec import decode_batch, encode_batch, encode_single
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny convolutions run fastest on one thread (and do not fight other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class TinyNet(nn.Module):
@@ -280,3 +289,19 @@ def test_write_rejects(tmp_path: Path) -> None:
 def test_stale_role_files_removed(bundle_dir: Path) -> None:
     write_bundle(bundle_dir, {"codec": _codec()})
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["codec.safetensors", "manifest.json"]
+
+
+def test_project_registry_round_trip(tmp_path: Path) -> None:
+    from vision import _models
+
+    torch.manual_seed(0)
+    target = _models.build_classifier("airbench", {"widths": [8, 8, 8]})
+    generator = _models.build_generator("unet", {"base": 2})
+    write_bundle(tmp_path, {"target": target, "generator": generator, "codec": _codec()})
+    bundle = load_bundle(tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    target.eval()
+    generator.eval()
+    with torch.no_grad():
+        assert torch.equal(bundle.target(x), target(x))
+        assert torch.equal(bundle.generator(x), generator(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,6 +30,15 @@ from vision._codec import (
 
 _MASK64 = (1 << 64) - 1
 _L = 1 << 31
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny convolutions run fastest on one thread (and do not fight other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from vision._bench import BandwidthConfig, run_bandwidth, run_speed
 from vision._bundle import (
     DEFAULT_BUNDLE_DIR,
     MAX_BUNDLE_BYTES,
@@ -111,6 +112,7 @@ __all__: list[str] = [
     "MAX_BUNDLE_BYTES",
     "PAPER_PAIRS",
     "ROLES",
+    "BandwidthConfig",
     "Bundle",
     "BundleError",
     "BundleManifest",
@@ -149,6 +151,8 @@ __all__: list[str] = [
     "read_class_folders",
     "read_class_tar",
     "read_manifest",
+    "run_bandwidth",
+    "run_speed",
     "split_test",
     "train_classifier",
     "train_codec",

@@ -18,6 +18,7 @@ from vision._bench import (
     _search_quality,
     bandwidth_markdown,
     bandwidth_plot,
+    check_targets,
     run_bandwidth,
     run_speed,
     speed_markdown,
@@ -166,6 +167,19 @@ def test_bandwidth_fixed_s1_quality(bundle: Bundle, data: Any) -> None:
     assert result["s1"]["quality"] == 75
     assert result["s1"]["searched"] is False
     assert result["protected"]["neural_batched"]["streams"] == 1
+
+
+def test_bandwidth_quick(bundle: Bundle, data: Any) -> None:
+    images, labels = data
+    config = BandwidthConfig(batch=8, eval_batch=20, progress=False, quick=True)
+    result = run_bandwidth(bundle, images, labels, config)
+    assert "s1" not in result
+    assert "jpeg444" not in result["protected"]
+    assert set(result["targets"]) == set(check_targets(result))
+    assert not result["targets"]["clean accuracy >= 88 %"]["ok"]  # untrained
+    markdown = bandwidth_markdown(result)
+    assert "NOT met: clean accuracy" in markdown
+    assert "JPEG 4:4:4" not in markdown
 
 
 def test_bandwidth_rejects_bad_input(bundle: Bundle) -> None:
@@ -332,3 +346,19 @@ def test_cli_speed(project_bundle: Path, tmp_path: Path) -> None:
     result = json.loads((tmp_path / "speed.json").read_text())
     assert set(result["ms_per_image"]) == {"1", "3"}
     assert result["paper_ms_per_image"]["generator"] == 2.616
+
+
+def test_evaluation_sample() -> None:
+    from vision._bench import evaluation_sample
+    from vision._data import CifarArrays
+
+    arrays = CifarArrays(
+        np.zeros((30, 32, 32, 3), np.uint8), np.repeat(np.arange(10), 3).astype(np.int64)
+    )
+    sample = evaluation_sample(arrays, 10)
+    assert len(sample) == 10
+    assert len(set(sample.labels.tolist())) > 3  # not a class-ordered prefix
+    assert np.array_equal(sample.labels, evaluation_sample(arrays, 10).labels)
+    assert evaluation_sample(arrays, 30) is arrays
+    with pytest.raises(ValueError):
+        evaluation_sample(arrays, 31)

@@ -44,9 +44,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PAPER",
+    "TARGETS",
     "BandwidthConfig",
     "bandwidth_markdown",
     "bandwidth_plot",
+    "check_targets",
+    "evaluation_sample",
     "run_bandwidth",
     "run_speed",
     "speed_markdown",
@@ -68,6 +71,16 @@ PAPER: Mapping[str, Any] = {
     },
     "s1": {"bytes": 1642.45},
     "speed_ms": {"generator": 2.616, "encoder": 0.550, "decoder": 1.305},
+}
+
+#: The issue's acceptance figures for the default bundle (evaluation half).
+TARGETS: Mapping[str, float] = {
+    "clean_accuracy": 0.88,
+    "protected_png_accuracy": 0.85,
+    "ssim": 0.05,
+    "neural_accuracy_drop": 0.015,
+    "neural_bytes": 12.0,
+    "neural_batched_bytes": 4.0,
 }
 
 _SOURCES = {
@@ -95,6 +108,8 @@ class BandwidthConfig:
     """The client's JPEG quality; ``None`` searches for it."""
     device: str = "cpu"
     progress: bool = True
+    quick: bool = False
+    """Leave out the JPEG quality searches and S1 (PNG, neural and SSIM only)."""
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.eval_batch < 1:
@@ -103,6 +118,22 @@ class BandwidthConfig:
             raise ValueError("tolerance must be in [0, 1)")
         if self.s1_quality is not None and not 1 <= self.s1_quality <= 100:
             raise ValueError("JPEG quality must be in 1..100")
+
+
+def evaluation_sample(images: Any, count: int, seed: int = 0) -> Any:
+    """``count`` images of a :class:`~vision._data.CifarArrays` (the evaluation half),
+    drawn with a fixed seed and kept in their original order; all of them when
+    ``count`` is the whole set. The halves are ordered by class, so a prefix would not do.
+    """
+    import numpy as np
+
+    n = len(images)
+    if not 1 <= count <= n:
+        raise ValueError(f"the sample size must be in 1..{n}")
+    if count == n:
+        return images
+    index = np.sort(np.random.default_rng(seed).permutation(n)[:count]).astype(np.int64)
+    return images.subset(index)
 
 
 # --- image helpers ------------------------------------------------------------------
@@ -303,6 +334,75 @@ def _mean_ssim(runner: _Runner, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(torch.cat(values).mean())
 
 
+def _jpeg_pair(
+    runner: _Runner,
+    target: nn.Module,
+    images: npt.NDArray[np.uint8],
+    labels: torch.Tensor,
+    *,
+    goal: float,
+    name: str,
+) -> dict[str, Any]:
+    return {
+        f"jpeg{tag}": _jpeg_section(
+            runner,
+            target,
+            images,
+            labels,
+            goal=goal,
+            subsampling=subsampling,
+            name=f"{name} {label}",
+        )
+        for tag, subsampling, label in (("444", 0, "4:4:4"), ("420", 2, "4:2:0"))
+    }
+
+
+def _s1_section(
+    runner: _Runner,
+    bundle: Bundle,
+    images: npt.NDArray[np.uint8],
+    labels: torch.Tensor,
+    *,
+    goal: float,
+    png_bytes: float,
+) -> dict[str, Any]:
+    """The client's JPEG 4:4:4 of the original (S1), decoded and protected in the enclave."""
+    import numpy as np
+
+    config = runner.config
+    target, generator = bundle.target, bundle.generator
+    cache: dict[int, tuple[list[int], torch.Tensor, float]] = {}
+
+    def evaluate(q: int) -> float:
+        blobs = [_jpeg(img, q, 0) for img in images]
+        decoded = _to_tensor(np.stack([_decode(b) for b in blobs]))
+        protected = runner.apply(generator, decoded, f"S1 q={q} generator")
+        acc = runner.accuracy(
+            target, _to_tensor(_to_uint8(protected)), labels, f"S1 q={q} classify"
+        )
+        cache[q] = ([len(b) for b in blobs], protected, acc)
+        return acc
+
+    if config.s1_quality is None:
+        quality, met, tried = _search_quality(evaluate, goal)
+    else:
+        quality, tried = config.s1_quality, {config.s1_quality: evaluate(config.s1_quality)}
+        met = tried[quality] >= goal - 1e-12
+    sizes, protected, acc = cache[quality]
+    neural = _neural_single(runner, bundle, target, protected, labels, name="S1")
+    return {
+        "quality": quality,
+        "searched": config.s1_quality is None,
+        **_stats(sizes),
+        "saving_vs_png": 1.0 - float(np.mean(sizes)) / png_bytes,
+        "protected_accuracy": acc,
+        "meets_target": met,
+        "target_accuracy": goal,
+        "neural": {k: neural[k] for k in ("bytes", "bytes_std", "accuracy")},
+        "tried": {str(q): tried[q] for q in sorted(tried)},
+    }
+
+
 def run_bandwidth(
     bundle: Bundle,
     images: npt.NDArray[np.uint8],
@@ -312,7 +412,7 @@ def run_bandwidth(
     """Run the bandwidth benchmark; returns the JSON-ready result (see the module doc).
 
     ``images`` are ``uint8`` ``N x H x W x 3``; ``bundle`` must hold target, generator
-    and codec.
+    and codec. With ``config.quick`` the JPEG and S1 sections are left out.
     """
     import numpy as np
     import torch
@@ -330,33 +430,16 @@ def run_bandwidth(
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     x = _to_tensor(images)
 
-    # clean
     clean_acc = runner.accuracy(target, x, y, "clean classify")
     clean: dict[str, Any] = {
         "accuracy": clean_acc,
         "png": {**_stats([len(_png(img)) for img in images]), "accuracy": clean_acc},
     }
-    clean["jpeg444"] = _jpeg_section(
-        runner,
-        target,
-        images,
-        y,
-        goal=clean_acc - config.tolerance,
-        subsampling=0,
-        name="clean 4:4:4",
-    )
-    clean["jpeg420"] = _jpeg_section(
-        runner,
-        target,
-        images,
-        y,
-        goal=clean_acc - config.tolerance,
-        subsampling=2,
-        name="clean 4:2:0",
-    )
+    if not config.quick:
+        goal = clean_acc - config.tolerance
+        clean |= _jpeg_pair(runner, target, images, y, goal=goal, name="clean")
     clean["neural"] = _neural_single(runner, bundle, target, x, y, name="clean")
 
-    # protected
     xp = runner.apply(generator, x, "generator")
     xp_u8 = _to_uint8(xp)
     png_acc = runner.accuracy(target, _to_tensor(xp_u8), y, "protected classify")
@@ -366,59 +449,28 @@ def run_bandwidth(
         "png": {**_stats([len(_png(img)) for img in xp_u8]), "accuracy": png_acc},
     }
     goal = png_acc - config.tolerance
-    protected["jpeg444"] = _jpeg_section(
-        runner, target, xp_u8, y, goal=goal, subsampling=0, name="protected 4:4:4"
-    )
-    protected["jpeg420"] = _jpeg_section(
-        runner, target, xp_u8, y, goal=goal, subsampling=2, name="protected 4:2:0"
-    )
+    if not config.quick:
+        protected |= _jpeg_pair(runner, target, xp_u8, y, goal=goal, name="protected")
     protected["neural"] = _neural_single(runner, bundle, target, xp, y, name="protected")
     protected["neural_batched"] = _neural_batched(runner, bundle, target, xp, y)
 
-    # S1: the client's JPEG of the original, protected in the enclave
-    s1_cache: dict[int, tuple[list[int], torch.Tensor, float]] = {}
-
-    def s1_eval(q: int) -> float:
-        blobs = [_jpeg(img, q, 0) for img in images]
-        decoded = _to_tensor(np.stack([_decode(b) for b in blobs]))
-        protected_s1 = runner.apply(generator, decoded, f"S1 q={q} generator")
-        acc = runner.accuracy(target, _to_tensor(_to_uint8(protected_s1)), y, f"S1 q={q} classify")
-        s1_cache[q] = ([len(b) for b in blobs], protected_s1, acc)
-        return acc
-
-    if config.s1_quality is None:
-        s1_quality, s1_met, s1_tried = _search_quality(s1_eval, goal)
-    else:
-        s1_quality, s1_tried = config.s1_quality, {config.s1_quality: s1_eval(config.s1_quality)}
-        s1_met = s1_tried[s1_quality] >= goal - 1e-12
-    sizes, protected_s1, s1_acc = s1_cache[s1_quality]
-    s1_neural = _neural_single(runner, bundle, target, protected_s1, y, name="S1")
-    s1: dict[str, Any] = {
-        "quality": s1_quality,
-        "searched": config.s1_quality is None,
-        **_stats(sizes),
-        "saving_vs_png": 1.0 - float(np.mean(sizes)) / clean["png"]["bytes"],
-        "protected_accuracy": s1_acc,
-        "meets_target": s1_met,
-        "target_accuracy": goal,
-        "neural": {
-            "bytes": s1_neural["bytes"],
-            "bytes_std": s1_neural["bytes_std"],
-            "accuracy": s1_neural["accuracy"],
-        },
-        "tried": {str(q): s1_tried[q] for q in sorted(s1_tried)},
-    }
-    return {
+    result: dict[str, Any] = {
         "images": len(images),
+        "quick": config.quick,
         "bundle_digest": bundle.digest,
         "device": config.device,
         "tolerance": config.tolerance,
-        "seconds": round(time.perf_counter() - started, 1),
         "clean": clean,
         "protected": protected,
-        "s1": s1,
-        "paper": PAPER,
     }
+    if not config.quick:
+        result["s1"] = _s1_section(
+            runner, bundle, images, y, goal=goal, png_bytes=clean["png"]["bytes"]
+        )
+    result["targets"] = check_targets(result)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["paper"] = PAPER
+    return result
 
 
 # --- reports ------------------------------------------------------------------------
@@ -442,13 +494,16 @@ def _get(tree: Mapping[str, Any], path: str) -> Any:
 
 
 def _rows(result: Mapping[str, Any]) -> list[tuple[str, str, Any, Any, Any, Any, str]]:
-    """(image, encoding, bytes, accuracy, paper bytes, paper accuracy, paper source)."""
+    """(image, encoding, bytes, accuracy, paper bytes, paper accuracy, paper source);
+    sections a quick run left out are skipped."""
     paper = result.get("paper", PAPER)
     rows: list[tuple[str, str, Any, Any, Any, Any, str]] = []
     for kind in ("clean", "protected"):
         label = "original" if kind == "clean" else "protected"
         sec = result[kind]
         for enc, name in (("png", "PNG"), ("jpeg444", "JPEG 4:4:4"), ("jpeg420", "JPEG 4:2:0")):
+            if enc not in sec:
+                continue
             q = _get(sec, f"{enc}.quality")
             mark = "" if _get(sec, f"{enc}.meets_target") in (None, True) else ", target missed"
             rows.append(
@@ -485,30 +540,62 @@ def _rows(result: Mapping[str, Any]) -> list[tuple[str, str, Any, Any, Any, Any,
             "",
         )
     )
-    s1 = result["s1"]
-    rows.append(
-        (
-            "S1 (client JPEG 4:4:4 of the original)",
-            f"q={s1['quality']}; accuracy of G(S1) as PNG",
-            s1["bytes"],
-            s1["protected_accuracy"],
-            _get(paper, "s1.bytes"),
-            None,
-            _SOURCES["s1"],
+    s1 = result.get("s1")
+    if s1 is not None:
+        rows.append(
+            (
+                "S1 (client JPEG 4:4:4 of the original)",
+                f"q={s1['quality']}; accuracy of G(S1) as PNG",
+                s1["bytes"],
+                s1["protected_accuracy"],
+                _get(paper, "s1.bytes"),
+                None,
+                _SOURCES["s1"],
+            )
         )
-    )
-    rows.append(
-        (
-            "S1 then protected",
-            "neural, one string per image",
-            s1["neural"]["bytes"],
-            s1["neural"]["accuracy"],
-            _get(paper, "protected.neural.bytes"),
-            _get(paper, "protected.neural.accuracy"),
-            _SOURCES["protected.neural"],
+        rows.append(
+            (
+                "S1 then protected",
+                "neural, one string per image",
+                s1["neural"]["bytes"],
+                s1["neural"]["accuracy"],
+                _get(paper, "protected.neural.bytes"),
+                _get(paper, "protected.neural.accuracy"),
+                _SOURCES["protected.neural"],
+            )
         )
-    )
     return rows
+
+
+def check_targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's acceptance figures for the default bundle, checked on ``result``.
+
+    Each entry: ``value``, ``limit``, ``ok``. Neural sizes are per image; the batched
+    limit applies to streams of 256 images.
+    """
+    prot = result["protected"]
+    png_acc = prot["png"]["accuracy"]
+    batched = prot["neural_batched"]
+    checks = {
+        "clean accuracy >= 88 %": (result["clean"]["accuracy"], TARGETS["clean_accuracy"], True),
+        "protected PNG accuracy >= 85 %": (png_acc, TARGETS["protected_png_accuracy"], True),
+        "mean SSIM <= 0.05": (prot["ssim"], TARGETS["ssim"], False),
+        "neural accuracy >= PNG - 1.5 points": (
+            prot["neural"]["accuracy"],
+            png_acc - TARGETS["neural_accuracy_drop"],
+            True,
+        ),
+        "neural single <= 12 B/image": (prot["neural"]["bytes"], TARGETS["neural_bytes"], False),
+        f"neural batched ({batched['batch']}) <= 4 B/image": (
+            batched["bytes_per_image"],
+            TARGETS["neural_batched_bytes"],
+            False,
+        ),
+    }
+    return {
+        name: {"value": value, "limit": limit, "ok": value >= limit if at_least else value <= limit}
+        for name, (value, limit, at_least) in checks.items()
+    }
 
 
 def bandwidth_markdown(result: Mapping[str, Any]) -> str:
@@ -528,16 +615,24 @@ def bandwidth_markdown(result: Mapping[str, Any]) -> str:
             f"| {image} | {enc} | {_fmt_bytes(b)} | {_fmt_acc(a)} | "
             f"{_fmt_bytes(pb)} | {_fmt_acc(pa)} | {src} |"
         )
-    prot, clean, s1 = result["protected"], result["clean"], result["s1"]
+    prot, clean, s1 = result["protected"], result["clean"], result.get("s1")
     lines += [
         "",
         f"- clean target accuracy: {_fmt_acc(clean['accuracy'])} (paper, Table 1: 94.24 %)",
         f"- mean SSIM(original, protected): {prot['ssim']:.4f} (paper: most below 0.02)",
         f"- protected accuracy before 8-bit rounding: {_fmt_acc(prot['accuracy_float'])}",
-        f"- S1 is {100 * s1['saving_vs_png']:.1f} % smaller than the original's PNG "
-        "(paper: about 40 %)",
-        "",
     ]
+    if s1 is not None:
+        lines.append(
+            f"- S1 is {100 * s1['saving_vs_png']:.1f} % smaller than the original's PNG "
+            "(paper: about 40 %)"
+        )
+    lines += ["", "Acceptance figures for the default bundle (issue 3):", ""]
+    for name, check in check_targets(result).items():
+        value, limit = check["value"], check["limit"]
+        shown = f"{value:.4f} (limit {limit:.4f})"
+        lines.append(f"- {'met' if check['ok'] else 'NOT met'}: {name}: {shown}")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -53,6 +53,11 @@ def register(bench: argparse._SubParsersAction[Any]) -> None:
         "--s1-quality", type=int, default=None, help="client JPEG quality (default: searched)"
     )
     bw.add_argument("--plot", type=Path, default=None, help="write a PNG plot of size vs accuracy")
+    bw.add_argument(
+        "--quick",
+        action="store_true",
+        help="PNG, neural and SSIM only (no JPEG quality searches, no S1)",
+    )
     _bundle_args(bw)
     bw.set_defaults(handler=_bandwidth)
 
@@ -91,19 +96,13 @@ def _write(args: argparse.Namespace, result: dict[str, Any], markdown: str) -> N
 
 
 def _evaluation_sample(args: argparse.Namespace) -> Any:
-    import numpy as np
-
+    from vision._bench import evaluation_sample
     from vision._data import load_cifar10, split_test
 
     _, evaluation = split_test(load_cifar10(args.data, "test", args.cache))
-    n = len(evaluation)
-    if not 1 <= args.images <= n:
-        raise ValueError(f"--images must be in 1..{n}")
-    if args.images == n:
-        return evaluation
-    # the halves are ordered by class: take a fixed-seed random sample
-    index = np.sort(np.random.default_rng(0).permutation(n)[: args.images]).astype(np.int64)
-    return evaluation.subset(index)
+    if not 1 <= args.images <= len(evaluation):
+        raise ValueError(f"--images must be in 1..{len(evaluation)}")
+    return evaluation_sample(evaluation, args.images)
 
 
 def _bandwidth(args: argparse.Namespace) -> int:
@@ -117,6 +116,7 @@ def _bandwidth(args: argparse.Namespace) -> int:
             s1_quality=args.s1_quality,
             device=args.device,
             progress=not args.no_progress,
+            quick=args.quick,
         )
         bundle = _load(args)
         sample = _evaluation_sample(args)

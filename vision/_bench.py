@@ -642,21 +642,31 @@ def bandwidth_plot(result: Mapping[str, Any], path: os.PathLike[str] | str) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     colours = {"original": "tab:blue", "protected": "tab:red"}
     for image, enc, b, a, pb, pa, _ in _rows(result):
         colour = colours.get(image, "tab:green")
-        label = f"{image}: {enc}"
+        short = enc.split(";")[0].replace("one string per image", "single").replace("neural, ", "")
         if b is not None and a is not None and b > 0:
-            ax.scatter([b], [100 * a], color=colour, marker="o")
-            ax.annotate(label, (b, 100 * a), fontsize=6, xytext=(4, 2), textcoords="offset points")
+            ax.scatter([b], [100 * a], color=colour, marker="o", zorder=3)
+            ax.annotate(short, (b, 100 * a), fontsize=6, xytext=(4, 3), textcoords="offset points")
         if pb is not None and pa is not None:
             ax.scatter([pb], [100 * pa], facecolors="none", edgecolors=colour, marker="s")
+    handles = [
+        Line2D([], [], color="tab:blue", marker="o", linestyle="", label="original"),
+        Line2D([], [], color="tab:red", marker="o", linestyle="", label="protected"),
+        Line2D([], [], color="tab:green", marker="o", linestyle="", label="S1 (client JPEG)"),
+        Line2D(
+            [], [], color="grey", marker="s", markerfacecolor="none", linestyle="", label="paper"
+        ),
+    ]
+    ax.legend(handles=handles, loc="best", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("bytes per image (log scale)")
     ax.set_ylabel("target accuracy (%)")
-    ax.set_title(f"Size against accuracy ({result['images']} images; squares: paper)")
+    ax.set_title(f"Size against accuracy ({result['images']} evaluation images)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.fspath(path))

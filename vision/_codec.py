@@ -315,9 +315,11 @@ def _padding_words(symbols: int, words: int) -> int:
       9 chunks before a refill and then, in the zero padding, a 0 chunk, so the prefix
       has at most ``10 + 9 r`` chunks, with ``r`` real words consumed meanwhile (summing
       to at most ``words``); the escaped value then has at most 15 chunks per prefix
-      chunk. Hence at most ``16 (10 + 9 r)`` chunks and ``25 + 21 r`` words per symbol.
+      chunk. Hence at most ``16 (10 + 9 r)`` chunks, ``24 + 21 r`` words for them and,
+      with the advance, ``25 + 21 r`` words per symbol.
 
-    Total: at most ``2 + 26 * symbols + 21 * words``; a margin is added.
+    Total: at most ``2 + 25 * symbols + 21 * words``; the padding adds a margin. The
+    tests check the bound against a transcription of the native decoder on garbage.
     """
     return 27 * symbols + 24 * words + 16
 

@@ -19,12 +19,13 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.applications import Starlette
 
-from attestation import GuestPolicy, TrustedRoots
-from attestation._service import (
+from attestation import (
     AdminClient,
     AttestationClient,
+    GuestPolicy,
     InsecureRootsWarning,
     ServiceConfig,
+    TrustedRoots,
     create_app,
 )
 from attestation._sim import SimulatedPlatform, SimulatedProvider
@@ -155,14 +156,15 @@ def open_env(
 ) -> Env:
     operator = operator or ed25519.Ed25519PrivateKey.generate()
     clock = clock or Clock()
-    config = ServiceConfig(
-        state_dir=state_dir,
-        operator_keys=(operator.public_key(),),
-        insecure_roots=roots(),
-        clock=clock,
-        access_log=False,
-        **overrides,
-    )
+    settings: dict[str, Any] = {
+        "state_dir": state_dir,
+        "operator_keys": (operator.public_key(),),
+        "insecure_roots": roots(),
+        "clock": clock,
+        "access_log": False,
+    }
+    settings.update(overrides)
+    config = ServiceConfig(**settings)
     app = make_app(config)
     http = httpx.Client(transport=SyncASGITransport(app), base_url="http://testserver")
     client = AttestationClient("http://testserver", http=http, clock=clock)

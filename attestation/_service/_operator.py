@@ -28,6 +28,7 @@ Every failure is ``401`` ``operator-unauthorized`` with ``WWW-Authenticate: Bear
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
@@ -36,9 +37,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, OKPKey
+from joserfc.jwk import OKPKey
 
-from attestation._service._binding import b64url_encode
+from attestation._errors import MalformedError
+from attestation._service._binding import b64url_decode, b64url_encode
 from attestation._service._problems import ProblemError
 
 __all__ = [
@@ -101,6 +103,17 @@ def _unauthorized(detail: str) -> ProblemError:
     )
 
 
+def _header(token: str) -> dict[str, Any]:
+    head = token.split(".", 1)[0]
+    try:
+        value = json.loads(b64url_decode(head, "operator token header", max_size=1024))
+    except (MalformedError, ValueError):
+        raise _unauthorized("operator token header is not base64url JSON") from None
+    if not isinstance(value, dict):
+        raise _unauthorized("operator token header is not a JSON object")
+    return value
+
+
 def _int_claim(claims: dict[str, Any], name: str) -> int:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -135,20 +148,21 @@ def verify_operator_request(
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > MAX_OPERATOR_TOKEN:
         raise _unauthorized("expected Authorization: Bearer <operator JWT>")
-    keys = {operator_key_id(k): _okp_public(k) for k in operator_keys}
-    # O2, O3
+    # O2: the protected header, read before any key is chosen
+    header = _header(token)
+    kid = header.get("kid")
+    if header.get("alg") != OPERATOR_ALG or header.get("typ") != OPERATOR_TYP:
+        raise _unauthorized("operator token must have alg Ed25519 and typ pmc2-admin+jwt")
+    keys = {operator_key_id(k): k for k in operator_keys}
+    if not isinstance(kid, str) or kid not in keys:
+        raise _unauthorized("operator token is not signed by a configured operator key")
+    # O3
     try:
-        decoded = jwt.decode(token, KeySet(list(keys.values())), algorithms=[OPERATOR_ALG])
+        decoded = jwt.decode(token, _okp_public(keys[kid]), algorithms=[OPERATOR_ALG])
     except JoseError as exc:
         raise _unauthorized(f"operator token rejected: {exc.error}") from None
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise _unauthorized(f"operator token malformed: {type(exc).__name__}") from None
-    header = decoded.header
-    kid = header.get("kid")
-    if header.get("alg") != OPERATOR_ALG or header.get("typ") != OPERATOR_TYP:
-        raise _unauthorized("operator token must have alg Ed25519 and typ pmc2-admin+jwt")
-    if not isinstance(kid, str) or kid not in keys:
-        raise _unauthorized("operator token is not signed by a configured operator key")
     claims = dict(decoded.claims)
     # O4
     at = now.timestamp()

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,9 @@ class SyncASGITransport(httpx.BaseTransport):
         return self._portal.call(run)
 
     def close(self) -> None:
+        """Kept open: several clients may share this transport (see :meth:`shutdown`)."""
+
+    def shutdown(self) -> None:
         self._cm.__exit__(None, None, None)
 
 
@@ -125,18 +128,7 @@ class Env:
     http: httpx.Client
     client: AttestationClient
     admin: AdminClient
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def config(self, **overrides: Any) -> ServiceConfig:
-        base: dict[str, Any] = {
-            "state_dir": self.state_dir,
-            "operator_keys": (self.operator.public_key(),),
-            "insecure_roots": roots(),
-            "clock": self.clock,
-            "access_log": False,
-        }
-        base.update(overrides)
-        return ServiceConfig(**base)
+    transport: SyncASGITransport
 
     def register(self, measurement: bytes = MEASUREMENT, **kwargs: Any) -> dict[str, Any]:
         kwargs.setdefault("launch_config", launch_config().to_toml())
@@ -166,16 +158,18 @@ def open_env(
     settings.update(overrides)
     config = ServiceConfig(**settings)
     app = make_app(config)
-    http = httpx.Client(transport=SyncASGITransport(app), base_url="http://testserver")
+    transport = SyncASGITransport(app)
+    http = httpx.Client(transport=transport, base_url="http://testserver")
     client = AttestationClient("http://testserver", http=http, clock=clock)
     admin = AdminClient("http://testserver", operator, http=http, clock=clock)
-    return Env(state_dir, clock, operator, app, http, client, admin)
+    return Env(state_dir, clock, operator, app, http, client, admin, transport)
 
 
 def close_env(env: Env) -> None:
     env.client.close()
     env.admin.close()
     env.http.close()
+    env.transport.shutdown()
     env.app.state.service.close()
 
 

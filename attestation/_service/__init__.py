@@ -10,7 +10,9 @@
 - ``_operator``: operator-signed admin requests (Ed25519 JWTs, checklist O1-O6);
 - ``_app`` / ``_admin``: the starlette application (``create_app``);
 - ``_middleware``: body limit, timeout, access log (pure ASGI);
-- ``_client``: ``AttestationClient`` (enclave side), ``AdminClient`` (operator side).
+- ``_release``: released secrets as JWE (ECDH-ES X25519 + A256GCM);
+- ``_client``: ``AttestationClient`` (enclave side), ``AdminClient`` (operator side);
+- ``_bench``: ``pmc2 bench attest``.
 """
 
 from attestation._service._app import AttestationService, create_app
@@ -20,7 +22,6 @@ from attestation._service._client import (
     AttestationClient,
     generate_operator_key,
     load_operator_private_key,
-    open_released_secret,
 )
 from attestation._service._config import (
     InsecureRootsWarning,
@@ -33,6 +34,7 @@ from attestation._service._errors import (
     TokenError,
 )
 from attestation._service._operator import operator_key_id, operator_token
+from attestation._service._release import open_released_secret
 from attestation._service._tokens import (
     EAT_PROFILE,
     AttestationResult,

@@ -68,9 +68,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from joserfc import jwe
-from joserfc.jwk import OKPKey
-from joserfc.registry import HeaderParameter
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -96,6 +93,7 @@ from attestation._service._middleware import (
 )
 from attestation._service._policystore import PolicyStore
 from attestation._service._problems import Fields, ProblemError, parse_json_object, problem_response
+from attestation._service._release import seal_secret, supports_release
 from attestation._service._store import Store
 from attestation._service._tokens import (
     APPRAISAL_POLICY_ID_PREFIX,
@@ -107,7 +105,7 @@ from attestation._service._tokens import (
     verify_attestation_token,
 )
 from policies import PolicyError
-from sealed import EnclavePublicKey, KemId
+from sealed import EnclavePublicKey
 from sealed import MalformedError as SealedMalformedError
 
 __all__ = ["AttestationService", "create_app"]
@@ -116,15 +114,6 @@ logger = logging.getLogger("pmc2.attestation.service")
 
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 RESOURCE_MEDIA_TYPE = "application/jose"
-JWE_ALG = "ECDH-ES"
-JWE_ENC = "A256GCM"
-JWE_REGISTRY = jwe.JWERegistry(
-    header_registry={
-        "pmc2-resource": HeaderParameter("PMC2 resource name", "str"),
-        "pmc2-version": HeaderParameter("PMC2 resource version", "int"),
-    },
-    algorithms=[JWE_ALG, JWE_ENC],
-)
 _T = TypeVar("_T")
 
 
@@ -402,7 +391,7 @@ class AttestationService:
             self.audit("release", "refused", client, reason="unknown resource", **facts)
             raise ProblemError(404, "unknown-resource", f"no resource named {name!r}")
         # R7
-        if result.public_key.suite.kem is not KemId.DHKEM_X25519_HKDF_SHA256:
+        if not supports_release(result.public_key):
             self.audit("release", "refused", client, reason="not an X25519 key", **facts)
             raise ProblemError(
                 422,
@@ -411,18 +400,7 @@ class AttestationService:
                 "with ECDH-ES",
             )
         secret = self.master_key.decrypt(name, stored.version, stored.nonce, stored.ciphertext)
-        recipient = OKPKey.import_key(
-            {"kty": "OKP", "crv": "X25519", "x": b64url_encode(result.public_key.raw)}
-        )
-        header = {
-            "alg": JWE_ALG,
-            "enc": JWE_ENC,
-            "kid": result.key_id,
-            "cty": "application/octet-stream",
-            "pmc2-resource": name,
-            "pmc2-version": stored.version,
-        }
-        sealed = jwe.encrypt_compact(header, secret, recipient, registry=JWE_REGISTRY)
+        sealed = seal_secret(secret, result.public_key, name, stored.version)
         self.audit(
             "release",
             "released",

@@ -25,10 +25,7 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
-from joserfc import jwe
-from joserfc.errors import JoseError
-from joserfc.jwk import OKPKey
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from attestation._errors import MalformedError
 from attestation._provider import ReportProvider
@@ -39,6 +36,7 @@ from attestation._service._errors import (
     TokenError,
 )
 from attestation._service._operator import operator_token
+from attestation._service._release import open_released_secret
 from attestation._service._store import read_private, write_private
 from attestation._service._tokens import AttestationResult, verify_attestation_token
 from sealed import EnclaveKeyPair, EnclavePublicKey
@@ -48,10 +46,7 @@ __all__ = [
     "AttestationClient",
     "generate_operator_key",
     "load_operator_private_key",
-    "open_released_secret",
 ]
-
-JWE_ALGS = ["ECDH-ES", "A256GCM"]
 
 
 def _utcnow() -> dt.datetime:
@@ -127,7 +122,13 @@ class _Http:
 
 
 class AttestationClient:
-    """The enclave's (and a verifying client's) side of the attestation protocol."""
+    """The enclave's (and a verifying client's) side of the attestation protocol.
+
+    ``jwks``: a pinned JWK Set for token verification (default: fetched from the
+    service); ``issuer``: the expected ``iss``; ``clock``: the time tokens are checked
+    at; ``transport``: an httpx transport (tests); ``http``: an existing
+    ``httpx.Client`` to send through instead (not closed by this client).
+    """
 
     def __init__(
         self,
@@ -260,33 +261,6 @@ class AttestationClient:
         )
 
 
-def open_released_secret(
-    compact: str, key_pair: EnclaveKeyPair, *, expected_resource: str | None = None
-) -> bytes:
-    """Decrypt a released secret (JWE ECDH-ES + A256GCM to the enclave's X25519 key).
-
-    Checks that the JWE names the enclave's key id and, when given, the resource.
-    """
-    from attestation._service._app import JWE_REGISTRY
-
-    private = key_pair._hpke_key()
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise MalformedError("released secrets need an X25519 (HPKE-3) enclave key")
-    key = OKPKey.import_key(private)
-    try:
-        opened = jwe.decrypt_compact(compact, key, registry=JWE_REGISTRY)
-    except (JoseError, ValueError, TypeError, KeyError) as exc:
-        raise TokenError(f"the released secret does not decrypt with our key: {exc}") from None
-    header = opened.protected
-    if header.get("kid") != key_pair.key_id.hex:
-        raise TokenError("the released secret names another enclave key")
-    if expected_resource is not None and header.get("pmc2-resource") != expected_resource:
-        raise TokenError("the released secret is for another resource")
-    plaintext = opened.plaintext
-    assert plaintext is not None
-    return plaintext
-
-
 # ------------------------------------------------------------------------------ operator
 
 
@@ -328,7 +302,11 @@ def load_operator_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
 
 
 class AdminClient:
-    """The operator's client for ``/v1/admin/`` (every request signed)."""
+    """The operator's client for ``/v1/admin/``: every request carries an operator JWT
+    (``_operator``) bound to its method, path and body, valid ``token_lifetime`` s.
+
+    ``transport`` / ``http`` as for :class:`AttestationClient`.
+    """
 
     def __init__(
         self,

@@ -16,8 +16,9 @@ sealed request (:meth:`Enclave.handle`), in order:
    ``timeout``; anything unexpected: ``internal`` (no details).
 5. Seal the answer under the request's response key: the label, the client's ``top_k``
    (at most what the cloud returned), the label name, and per-stage timings in
-   microseconds (``open``, ``decode``, ``queue``, ``perturb``, ``encode``, ``cloud``,
-   ``total``; batch stages are the batch's).
+   microseconds (``open``, ``decode``, ``queue``, ``perturb``, ``encode``, ``cloud`` (the
+   round trip), the cloud's own ``cloud_queue``, ``cloud_entropy_decode``,
+   ``cloud_synthesis``, ``cloud_classify``, and ``total``; batch stages are the batch's).
 
 The attestation-result token is refreshed in the background before it expires (at
 ``refresh_fraction`` of its lifetime before expiry, at least ``refresh_min_margin``
@@ -60,6 +61,8 @@ from sealed import (
 __all__ = ["CLIENT_NONCE_SIZES", "Enclave", "EnclaveNotReadyError"]
 
 CLIENT_NONCE_SIZES = (16, 64)
+_CLOUD_TIMINGS = ("queue", "entropy_decode", "synthesis", "classify")
+"""Stage timings of the cloud's answer copied into the sealed answer as ``cloud_<name>``."""
 AsyncSleep = Callable[[float], Awaitable[None]]
 
 
@@ -81,6 +84,7 @@ class _ItemResult:
     encode_us: int
     cloud_us: int
     batch_size: int
+    cloud_timings: tuple[tuple[str, int], ...] = ()
 
 
 def _ascii(text: str, limit: int = 200) -> str:
@@ -300,6 +304,7 @@ class Enclave:
                 ("perturb", item.perturb_us),
                 ("encode", item.encode_us),
                 ("cloud", item.cloud_us),
+                *item.cloud_timings,
                 ("total", _us(end - start)),
             ),
         )
@@ -314,6 +319,11 @@ class Enclave:
             self.engine.codec_id, encoded.strings, encoded.count, batch_form=encoded.batch_form
         )
         cloud_us = _us(time.perf_counter_ns() - sent)
+        cloud_timings = tuple(
+            (f"cloud_{name}", int(answer.timings_us[name]))
+            for name in _CLOUD_TIMINGS
+            if name in answer.timings_us
+        )
         return [
             _ItemResult(
                 result=answer.results[index],
@@ -322,6 +332,7 @@ class Enclave:
                 encode_us=encoded.encode_us,
                 cloud_us=cloud_us,
                 batch_size=len(items),
+                cloud_timings=cloud_timings,
             )
             for index, item in enumerate(items)
         ]

@@ -4,6 +4,7 @@ simulated platform, and a recording fake cloud."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import io
@@ -122,12 +123,15 @@ class FakeCloud:
     mode: str = "ok"  # ok | down | error | garbage | slow
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_request: Callable[[httpx.Request], None] | None = None
+    delay: float = 0.0
 
-    def handler(self, request: httpx.Request) -> httpx.Response:
+    async def handler(self, request: httpx.Request) -> httpx.Response:
         with self.lock:
             self.requests.append(request)
         if self.on_request is not None:
             self.on_request(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.mode == "down":
             raise httpx.ConnectError("connection refused", request=request)
         if self.mode == "slow":
@@ -156,11 +160,16 @@ class FakeCloud:
     def transport(self) -> httpx.AsyncBaseTransport:
         return httpx.MockTransport(self.handler)
 
-    def check_conforming(self, policy: EgressPolicy, latent_side: int = 2) -> int:
-        """Assert every received request is a policy-conforming bit-string batch and
-        nothing else; returns the number of images received."""
+    def check_conforming(
+        self,
+        policy: EgressPolicy,
+        latent_side: int = 2,
+        requests: list[httpx.Request] | None = None,
+    ) -> int:
+        """Assert every received request (or those given) is a policy-conforming
+        bit-string batch and nothing else; returns the number of images received."""
         images = 0
-        for request in self.requests:
+        for request in self.requests if requests is None else requests:
             assert request.method == "POST"
             assert str(request.url) == CLOUD + "/v1/classify"
             assert policy.destination_allowed(str(request.url))

@@ -75,6 +75,7 @@ class FakeReplica:
         self.gate: asyncio.Event | None = None
         self.entered = 0
         self.infers = 0
+        self.opened: list[bytes] = []  # JPEGs decrypted inside the "enclave"
         self.evidence_nonce_echo: str | None = None
         self.app = Starlette(
             routes=[
@@ -145,6 +146,7 @@ class FakeReplica:
                 media_type="application/problem+json",
             )
         self.infers += 1
+        self.opened.append(opened.jpeg)
         answer = InferenceResult(
             label=3, top_k=(ScoredLabel(3, 912345), ScoredLabel(5, 40000)), label_name="cat"
         )

@@ -35,6 +35,7 @@ from enclave_app._egress import (
 )
 from enclave_app._enclave import Enclave, EnclaveNotReadyError
 from enclave_app._engine import EncodedBatch, VisionEngine, codec_id_for
+from enclave_app._http import PROBLEM_TYPE_PREFIX, create_app
 from enclave_app._image import DEFAULT_IMAGE_LIMITS, ImageError, ImageLimits, decode_jpeg
 
 __all__: list[str] = [
@@ -43,6 +44,7 @@ __all__: list[str] = [
     "CLASSIFY_PATH",
     "DEFAULT_IMAGE_LIMITS",
     "ENCRYPTED_BUNDLE_MAGIC",
+    "PROBLEM_TYPE_PREFIX",
     "BatchConfig",
     "BatchStats",
     "BootError",
@@ -69,6 +71,7 @@ __all__: list[str] = [
     "boot",
     "bundle_key_check",
     "codec_id_for",
+    "create_app",
     "decode_jpeg",
     "generate_bundle_key",
     "open_bundle",

@@ -302,7 +302,8 @@ def _load_models(
 
 def _warm_up(config: EnclaveConfig, engine: VisionEngine) -> None:
     size = config.input_size
-    images = np.zeros((2, size, size, 3), dtype=np.uint8)
+    count = min(2, config.batching.max_batch)
+    images = np.zeros((count, size, size, 3), dtype=np.uint8)
     try:
         encoded = engine.run(images)
     except Exception as exc:  # any failure of the networks refuses the boot

@@ -105,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"pmc2 gateway serve: {exc}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one access line per request
     print(
         f"pmc2 gateway: http://{args.host}:{args.port}/v1/infer -> {', '.join(args.replica)}",
         file=sys.stderr,

@@ -794,3 +794,13 @@ def test_cli_refuses_bad_replica(capsys: pytest.CaptureFixture[str]) -> None:
     args = _parser().parse_args(["gateway", "serve", "--replica", "ftp://x"])
     assert args.handler(args) == 1
     assert "replica URL" in capsys.readouterr().err
+
+
+def test_openapi_document_is_valid_openapi_3_1() -> None:
+    from openapi_spec_validator import validate
+
+    from gateway import openapi_document
+
+    document = openapi_document(GatewayConfig(replicas=("http://replica-0:8403",)))
+    validate(document)  # raises on any violation of the OpenAPI 3.1 schema
+    assert document["components"]["securitySchemes"]["apiKey"]["name"] == "x-api-key"

@@ -168,16 +168,14 @@ class Enclave:
         return at < self._attestation.expires_at
 
     def attestation_document(self) -> dict[str, Any]:
-        """The current token and key (``GET /internal/attestation``)."""
+        """The current token and key: exactly ``key_id``, ``token``, ``public_key_jwk``
+        (``GET /internal/attestation``, docs/gateway_api.md 4.1)."""
         if not self.token_valid():
             raise EnclaveNotReadyError("the attestation token expired and is being refreshed")
-        result = self._attestation
         return {
             "key_id": self.key_pair.key_id.hex,
+            "token": self._attestation.token,
             "public_key_jwk": self.key_pair.public_key.to_jwk(),
-            "token": result.token,
-            "status": result.status,
-            "expires_at": int(result.expires_at.timestamp()),
         }
 
     def evidence(self, nonce: bytes) -> dict[str, Any]:

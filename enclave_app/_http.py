@@ -1,29 +1,34 @@
-"""The enclave replica's internal HTTP API (starlette): what the gateway talks to.
+"""The enclave replica's internal HTTP API (starlette), as docs/gateway_api.md section 4
+specifies it for the gateway.
 
 Endpoints (errors are RFC 7807 problem documents, ``application/problem+json``)::
 
     GET  /healthz                  200 {"status": "ok", "ready": true, ...}
                                    (503 with the same document when not ready:
                                    the attestation token expired)
-    GET  /internal/attestation     200 {"key_id", "public_key_jwk", "token", "status",
-                                        "expires_at"}            (503 token-expired)
-    GET  /internal/evidence?nonce=<b64url, 16..64 bytes>
-                                   200 {"key_id", "public_key_jwk", "nonce",
+    GET  /internal/attestation     200 exactly {"key_id", "token", "public_key_jwk"}
+                                   (503 token-expired with Retry-After)
+    GET  /internal/evidence?nonce=<canonical unpadded b64url, 16..64 bytes>
+                                   200 {"key_id", "nonce" (echoed), "public_key_jwk",
                                         "evidence": {"report", "cert_table"}}
-                                   fresh evidence bound to the client's nonce and this
-                                   enclave's key (REPORT_DATA = runtime_data_hash)
+                                   ``evidence`` is exactly the ``evidence`` member of the
+                                   attestation service's ``/v1/verify``; the report's
+                                   REPORT_DATA = runtime_data_hash(nonce, current key).
+                                   400 bad-nonce; 429 rate-limited (each call costs a
+                                   guest report); 503 evidence-unavailable (the platform
+                                   failed or was too slow), both with Retry-After
     POST /internal/infer           body: a sealed request envelope
                                    (application/octet-stream, protocol.md 4)
                                    200 application/octet-stream: the sealed answer
                                    (protocol.md 5), also for failures after opening;
-                                   4xx: the sealed error (protocol.md 8: malformed,
-                                   oversized, unknown-key 421 with current_key_id, ...);
-                                   503 overloaded with Retry-After
+                                   before opening: the SealedError's status and problem
+                                   (unknown-key 421 with current_key_id, malformed 400,
+                                   oversized 413, ...); 503 overloaded with Retry-After
 
 The body of ``/internal/infer`` is read with the sealed protocol's
 ``max_envelope_bytes`` as a hard limit (413 beyond it, by Content-Length and while
-reading). The API holds no secret in its answers: tokens, public keys and evidence are
-public; sealed answers are readable only by the client.
+reading). Nothing learned from a plaintext is ever answered in clear: once an envelope
+is open, every outcome is sealed. Tokens, public keys and evidence are public.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from attestation import AttestationError
 from enclave_app._batcher import OverloadedError
 from enclave_app._boot import boot
 from enclave_app._config import EnclaveConfig
+from enclave_app._egress import TokenBucket
 from enclave_app._enclave import CLIENT_NONCE_SIZES, Enclave, EnclaveNotReadyError
 from sealed import SealedError
 
@@ -53,6 +60,9 @@ PROBLEM_TYPE_PREFIX = "urn:pmc2:enclave:"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 SEALED_MEDIA_TYPE = "application/octet-stream"
 RETRY_AFTER_SECONDS = 1
+EVIDENCE_TIMEOUT_SECONDS = 10.0
+DEFAULT_EVIDENCE_RATE = 20.0
+"""Evidence requests per second (burst: one second's worth); each costs a guest report."""
 
 
 class _ProblemError(Exception):
@@ -107,7 +117,9 @@ def _b64url(text: str) -> bytes:
     return data
 
 
-def _routes(holder: dict[str, Enclave]) -> list[Route]:
+def _routes(holder: dict[str, Enclave], evidence_rate: float) -> list[Route]:
+    evidence_bucket = TokenBucket(evidence_rate, max(1.0, evidence_rate))
+
     def enclave() -> Enclave:
         current = holder.get("enclave")
         if current is None:
@@ -140,7 +152,18 @@ def _routes(holder: dict[str, Enclave]) -> list[Route]:
         low, high = CLIENT_NONCE_SIZES
         if not low <= len(nonce) <= high:
             raise _ProblemError(400, "bad-nonce", f"the nonce must be {low} to {high} bytes")
-        doc = await asyncio.to_thread(current.evidence, nonce)
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if evidence_bucket.try_take(1):
+            raise _ProblemError(429, "rate-limited", "too many evidence requests", retry)
+        try:
+            doc = await asyncio.wait_for(
+                asyncio.to_thread(current.evidence, nonce), EVIDENCE_TIMEOUT_SECONDS
+            )
+        except (AttestationError, TimeoutError) as exc:
+            reason = "too slow" if isinstance(exc, TimeoutError) else str(exc)
+            raise _ProblemError(
+                503, "evidence-unavailable", f"no report from the platform: {reason}", retry
+            ) from None
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
 
     async def infer(request: Request) -> Response:
@@ -166,7 +189,12 @@ def _routes(holder: dict[str, Enclave]) -> list[Route]:
 
 async def _problem_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, _ProblemError)
-    titles = {400: "Bad Request", 413: "Content Too Large", 503: "Service Unavailable"}
+    titles = {
+        400: "Bad Request",
+        413: "Content Too Large",
+        429: "Too Many Requests",
+        503: "Service Unavailable",
+    }
     return _problem(exc.status, exc.kind, titles.get(exc.status, "Error"), exc.detail, exc.headers)
 
 
@@ -186,7 +214,9 @@ async def _error_handler(request: Request, exc: Exception) -> Response:
     return _problem(500, "internal", "Internal Server Error", "internal error")
 
 
-def create_app(config: EnclaveConfig | Enclave) -> Starlette:
+def create_app(
+    config: EnclaveConfig | Enclave, *, evidence_rate: float = DEFAULT_EVIDENCE_RATE
+) -> Starlette:
     """The replica's ASGI app.
 
     Given an :class:`Enclave` (booted), the lifespan starts it (batching, token refresh)
@@ -213,7 +243,7 @@ def create_app(config: EnclaveConfig | Enclave) -> Starlette:
             await running.aclose()
 
     app = Starlette(
-        routes=_routes(holder),
+        routes=_routes(holder, evidence_rate),
         exception_handlers={
             _ProblemError: _problem_handler,
             HTTPException: _http_handler,

@@ -52,6 +52,7 @@ def test_internal_api(stack: es.Stack) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://replica") as http:
             # attestation: the token verifies and binds the served key
             doc = (await http.get("/internal/attestation")).json()
+            assert set(doc) == {"key_id", "token", "public_key_jwk"}  # gateway_api.md 4.1
             key = EnclavePublicKey.from_jwk(doc["public_key_jwk"])
             assert doc["key_id"] == key.key_id.hex == enclave.key_pair.key_id.hex
             jwks = stack.env.client.jwks()
@@ -65,6 +66,9 @@ def test_internal_api(stack: es.Stack) -> None:
             ev = await http.get("/internal/evidence", params={"nonce": _b64(nonce)})
             assert ev.status_code == 200
             evidence = ev.json()
+            assert evidence["nonce"] == _b64(nonce)
+            assert evidence["key_id"] == doc["key_id"]
+            assert evidence["public_key_jwk"] == doc["public_key_jwk"]
             verified = stack.env.client.verify(nonce, key, evidence["evidence"])
             assert verified.nonce == nonce and verified.nonce_source == "client"
             for bad in ("", "a" * 200, _b64(b"short"), "not base64!", _b64(nonce) + "="):
@@ -241,3 +245,32 @@ def test_cli_serve_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[s
             "--egress-policy", str(tmp_path / "absent.toml"), "--bundle", "x"]  # fmt: skip
     assert _run(argv) == 2
     assert "pmc2 enclave serve" in capsys.readouterr().err
+
+
+class _BusyProvider:
+    def get_report(self, report_data: bytes, vmpl: int = 0) -> Any:
+        from attestation import ProviderError
+
+        raise ProviderError("the firmware is busy")
+
+
+def test_evidence_rate_limit_and_provider_failure(stack: es.Stack) -> None:
+    enclave = Enclave(boot(stack.config()))
+    app = create_app(enclave, evidence_rate=2)
+    nonce = _b64(os.urandom(16))
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as http:
+            out = [await http.get("/internal/evidence", params={"nonce": nonce}) for _ in range(3)]
+            object.__setattr__(enclave.config, "provider", _BusyProvider())
+            await asyncio.sleep(0.6)
+            out.append(await http.get("/internal/evidence", params={"nonce": nonce}))
+        await enclave.aclose()
+        return out
+
+    first, second, third, failed = asyncio.run(run())
+    assert first.status_code == second.status_code == 200
+    assert third.status_code == 429 and third.headers["retry-after"] == "1"
+    assert failed.status_code == 503 and "firmware is busy" in failed.json()["detail"]
+    assert failed.headers["retry-after"] == "1"

@@ -123,3 +123,69 @@ def test_end_to_end_with_the_real_cloud(stack: es.Stack, tmp_path: Path) -> None
     for request in tap.requests:
         assert b"\xff\xd8\xff" not in request.content
         assert all(j[20:60] not in request.content for j in jpegs)
+
+
+def test_through_the_gateway(stack: es.Stack) -> None:
+    """Client → gateway (ASGI) → replica internal API (ASGI) → fake cloud: attestation,
+    fresh evidence for the client's nonce, a sealed request, an unknown key."""
+    import base64
+    import os
+
+    from attestation._service import verify_attestation_token
+    from enclave_app import create_app as create_replica
+    from gateway import GatewayConfig
+    from gateway import create_app as create_gateway
+    from sealed import EnclaveKeyPair, EnclavePublicKey
+
+    enclave = Enclave(boot(stack.config()))
+    replica = create_replica(enclave)
+    gateway = create_gateway(
+        GatewayConfig(
+            replicas=("http://replica-1:8403",), transport=httpx.ASGITransport(app=replica)
+        )
+    )
+
+    async def run() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with (
+            replica.router.lifespan_context(replica),
+            gateway.router.lifespan_context(gateway),
+        ):
+            transport = httpx.ASGITransport(app=gateway)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                listing = (await http.get("/v1/attestation")).json()["attestations"]
+                entry = listing[0]
+                key = EnclavePublicKey.from_jwk(entry["public_key_jwk"])
+                out["token"] = verify_attestation_token(
+                    entry["token"],
+                    stack.env.client.jwks(),
+                    at=stack.env.clock(),
+                    expected_key=key,
+                    allow_warning=True,
+                )
+                nonce = os.urandom(24)
+                text = base64.urlsafe_b64encode(nonce).rstrip(b"=").decode()
+                ev = (await http.get("/v1/attestation", params={"nonce": text})).json()
+                out["verified"] = stack.env.client.verify(nonce, key, ev["evidence"])
+                sealed = seal_request(key, es.jpeg(seed=11), RequestOptions(request_id="gw"))
+                r = await http.post(
+                    "/v1/infer",
+                    content=sealed.envelope,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+                out["answer"] = sealed.open_response(r.content)
+                stale = seal_request(EnclaveKeyPair.generate().public_key, es.jpeg())
+                r = await http.post(
+                    "/v1/infer",
+                    content=stale.envelope,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+                out["stale"] = (r.status_code, r.json())
+        return out
+
+    out = asyncio.run(run())
+    assert out["token"].host_data == stack.launch.host_data()
+    assert out["verified"].nonce_source == "client"
+    assert isinstance(out["answer"], InferenceResult) and out["answer"].request_id == "gw"
+    status, problem = out["stale"]
+    assert status == 421 and problem["current_key_id"] == enclave.key_pair.key_id.hex

@@ -238,6 +238,7 @@ def create_app(config: CloudConfig, *, engine: InferenceEngine | None = None) ->
             results=outcome.results,
             timings_us=timings,
             bundle_digest=eng.bundle_digest,
+            batch_images=outcome.batch_images,
         )
         metrics.images.inc(parsed.count)
         metrics.bytes_per_image.observe(parsed.payload_bytes / parsed.count)

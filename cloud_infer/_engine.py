@@ -56,6 +56,7 @@ class Outcome:
     results: tuple[ImageResult, ...] = ()
     refusal: RefusalError | None = None
     timings_us: Mapping[str, int] = field(default_factory=dict)
+    batch_images: int = 0
 
 
 def _us(seconds: float) -> int:
@@ -288,6 +289,7 @@ class InferenceEngine:
             groups.setdefault(tuple(y.shape[1:]), []).append(i)
         results: dict[int, tuple[ImageResult, ...]] = {}
         shared: dict[int, dict[str, int]] = {}
+        merged: dict[int, int] = {}
         param = next(self._classifier.parameters())
         with torch.inference_mode():
             for members in groups.values():
@@ -311,11 +313,8 @@ class InferenceEngine:
                 values, indices = probs.topk(k, dim=1)
                 top_values, top_indices = values.tolist(), indices.tolist()
                 offset = 0
-                timing = {
-                    "synthesis": _us(synthesis),
-                    "classify": _us(classify),
-                    "batch_images": int(y.size(0)),
-                }
+                timing = {"synthesis": _us(synthesis), "classify": _us(classify)}
+                group_images = int(y.size(0))
                 for i in members:
                     n = int(latents[i].size(0))
                     kk = min(requests[i].top_k, self.num_classes)
@@ -324,6 +323,7 @@ class InferenceEngine:
                         for row in range(offset, offset + n)
                     )
                     shared[i] = timing
+                    merged[i] = group_images
                     offset += n
         outcomes = []
         for i in range(len(requests)):
@@ -331,5 +331,7 @@ class InferenceEngine:
             if i in refusals:
                 outcomes.append(Outcome(refusal=refusals[i], timings_us=timings))
             else:
-                outcomes.append(Outcome(results=results[i], timings_us=timings))
+                outcomes.append(
+                    Outcome(results=results[i], timings_us=timings, batch_images=merged[i])
+                )
         return outcomes

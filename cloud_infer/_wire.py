@@ -338,6 +338,8 @@ class ClassifyResponse:
     results: tuple[ImageResult, ...]
     timings_us: Mapping[str, int]
     bundle_digest: str
+    batch_images: int = 0
+    """Images in the merged forward pass that served this request (0: not reported)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.codec, str) or not CODEC_ID.fullmatch(self.codec):
@@ -356,6 +358,7 @@ class ClassifyResponse:
             r"[0-9a-f]{96}", self.bundle_digest
         ):
             raise WireError("bundle_digest must be 96 lowercase hex digits")
+        _int(self.batch_images, "batch_images", 0, 2**32 - 1)
 
     @property
     def count(self) -> int:
@@ -365,6 +368,7 @@ class ClassifyResponse:
         return {
             "codec": self.codec,
             "count": self.count,
+            "batch_images": self.batch_images,
             "bundle_digest": self.bundle_digest,
             "results": [r.to_json() for r in self.results],
             "timings_us": dict(sorted(self.timings_us.items())),
@@ -384,7 +388,10 @@ class ClassifyResponse:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise WireError("response is not JSON") from None
         obj = _obj(
-            value, "response", {"codec", "count", "bundle_digest", "results", "timings_us"}, set()
+            value,
+            "response",
+            {"codec", "count", "batch_images", "bundle_digest", "results", "timings_us"},
+            set(),
         )
         results = obj["results"]
         if not isinstance(results, list):
@@ -397,6 +404,7 @@ class ClassifyResponse:
             results=tuple(ImageResult.from_json(r, f"results[{i}]") for i, r in enumerate(results)),
             timings_us=timings,
             bundle_digest=obj["bundle_digest"],
+            batch_images=obj["batch_images"],
         )
         if obj["count"] != response.count:
             raise WireError("count differs from the number of results")

@@ -147,6 +147,7 @@ def _response() -> ClassifyResponse:
         ),
         timings_us={"classify": 10, "entropy_decode": 5},
         bundle_digest="ab" * 48,
+        batch_images=7,
     )
 
 
@@ -182,6 +183,8 @@ def test_response_round_trip() -> None:
         lambda v: v.update(bundle_digest="xy"),
         lambda v: v["timings_us"].update(Bad=1),
         lambda v: v["timings_us"].update(queue=-1),
+        lambda v: v.update(batch_images=-1),
+        lambda v: v.pop("batch_images"),
     ],
 )
 def test_response_strictness(edit: object) -> None:
@@ -250,3 +253,22 @@ def test_config_invariants(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         BatchingOptions(max_wait_s=-1)
     assert BatchingOptions(max_wait_s=0).max_wait_s == 0
+
+
+@settings(max_examples=150)
+@given(
+    codec=st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,20}/v[1-9][0-9]{0,3}", fullmatch=True),
+    strings=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=6),
+    top_k=st.integers(1, 100),
+    batch=st.booleans(),
+)
+def test_request_round_trip(codec: str, strings: list[bytes], top_k: int, batch: bool) -> None:
+    if batch:
+        request = ClassifyRequest.batch(codec, b"".join(strings), len(strings), top_k=top_k)
+    else:
+        request = ClassifyRequest.single(codec, strings, top_k=top_k)
+    data = request.to_bytes()
+    assert ClassifyRequest.from_bytes(data) == request
+    assert len(data) == 8 + len(codec) + 2 + (
+        4 + len(request.strings[0]) if batch else 2 * len(strings) + sum(map(len, strings))
+    )

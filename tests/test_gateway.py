@@ -804,3 +804,19 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
     document = openapi_document(GatewayConfig(replicas=("http://replica-0:8403",)))
     validate(document)  # raises on any violation of the OpenAPI 3.1 schema
     assert document["components"]["securitySchemes"]["apiKey"]["name"] == "x-api-key"
+
+
+def test_lifespan_refreshes_in_the_background_and_closes() -> None:
+    replica = FakeReplica("replica-0")
+    app, router = gateway([replica], attestation_ttl_s=0.0)
+
+    async def go() -> list[str]:
+        async with app.router.lifespan_context(app):
+            for _ in range(100):
+                if app.state.registry.key_ids():
+                    break
+                await asyncio.sleep(0.01)
+            return list(app.state.registry.key_ids())
+
+    assert asyncio.run(go()) == [replica.key_id]
+    assert any(b"/internal/attestation" in s for s in router.seen)

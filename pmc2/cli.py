@@ -10,20 +10,39 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pmc2 import __version__
 
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
+Registrar = Callable[[argparse._SubParsersAction[Any], argparse._SubParsersAction[Any]], None]
+
+
+def _registrars() -> list[Registrar]:
+    """Each package's ``register(sub, bench)``, in the order ``pmc2 --help`` lists them."""
+    from attestation import _admin_cli, _cli
+    from cloud_infer import _cli as cloud_cli
+    from enclave_app import _cli as enclave_cli
+    from gateway import _cli as gateway_cli
+    from pmc2 import _demo
+    from policies import _cli as policy_cli
+    from vision import _cli as vision_cli
+
+    return [
+        _cli.register,
+        _admin_cli.register,
+        policy_cli.register,
+        vision_cli.register,
+        enclave_cli.register,
+        cloud_cli.register,
+        gateway_cli.register,
+        _demo.register,
+    ]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from attestation._cli import register as register_snp
-    from pmc2._demo import register as register_demo
-    from policies._cli import register as register_policy
-    from vision._cli import register as register_vision
-
     parser = argparse.ArgumentParser(
         prog="pmc2",
         description="PMC2: attested confidential-inference gateway with key release.",
@@ -32,10 +51,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench_parser = sub.add_parser("bench", help="benchmarks (write JSON)")
     bench = bench_parser.add_subparsers(dest="bench", metavar="BENCHMARK")
-    register_snp(sub, bench)
-    register_vision(sub, bench)
-    register_policy(sub, bench)
-    register_demo(sub, bench)
+    for register in _registrars():
+        register(sub, bench)
     return parser
 
 

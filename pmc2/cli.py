@@ -17,7 +17,7 @@ from pmc2 import __version__
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
-Registrar = Callable[[argparse._SubParsersAction[Any], argparse._SubParsersAction[Any]], None]
+Registrar = Callable[["argparse._SubParsersAction[Any]", "argparse._SubParsersAction[Any]"], None]
 
 
 def _registrars() -> list[Registrar]:

@@ -37,6 +37,7 @@ reasons, and every send with its outcome; counters are in :attr:`EgressGuard.sta
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -330,7 +331,10 @@ class EgressGuard:
         """Check (G1-G5) and send (G6) one batch; its per-image results, in order."""
         strings = tuple(strings)
         size = sum(len(s) for s in strings)
-        reasons = self.check(codec, strings, count, batch_form=batch_form)
+        # G1-G4 off the event loop: G4 entropy-decodes the batch
+        reasons = await asyncio.to_thread(
+            functools.partial(self.check, codec, strings, count, batch_form=batch_form)
+        )
         if reasons:
             raise self._refuse(codec, count, size, reasons)
         wait = await self._take_tokens(count)

@@ -364,3 +364,25 @@ def test_padding_bound_holds_for_garbage(codec: Any, payload: bytes, count: int)
         buffer, indexes, tables.cdfs, tables.cdf_sizes, tables.offsets
     )
     assert [v & 0xFFFFFFFF for v in native] == [v & 0xFFFFFFFF for v in symbols]
+
+
+def test_table_cache_follows_update(images: torch.Tensor) -> None:
+    torch.manual_seed(3)
+    c = make_codec(N=8, M=8)
+    c.update()
+    before = encode_single(c, images[:2])
+    assert encode_single(c, images[:2]) == before  # cached tables
+    with torch.no_grad():
+        c.entropy_bottleneck.quantiles[:, 0, 0] -= 5.0
+        c.entropy_bottleneck.quantiles[:, 0, 2] += 5.0
+    c.update(force=True)
+    after = encode_single(c, images[:2])
+    with torch.inference_mode():
+        reference = c.compress(images[:2])["strings"][0]
+    assert [s[2:] for s in after] == [r.rstrip(b"\x00") for r in reference]
+    assert after != before
+    # an in-place change of the tables is noticed as well (symbols decode one lower)
+    latents = decode_single_latents(c, after)
+    with torch.no_grad():
+        c.entropy_bottleneck._offset.sub_(1)
+    assert torch.equal(decode_single_latents(c, after), latents - 1)

@@ -56,7 +56,10 @@ claimed size or handed to native code:
 
 from __future__ import annotations
 
+import functools
+import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -277,11 +280,30 @@ class _Tables:
         return len(self.cdf_sizes)
 
 
+_TABLE_CACHE: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], _Tables]] = (
+    weakref.WeakKeyDictionary()
+)
+_TABLE_LOCK = threading.Lock()
+
+
 def _tables(codec: FactorizedPrior) -> _Tables:
+    """The coding tables of ``codec``'s entropy bottleneck, as the native coder takes them.
+
+    Rows are cut to their CDF length (the coder reads no further). Cached per bottleneck;
+    the cache entry holds the table tensors themselves and their version counters, so a
+    later ``update()`` (new tensors) or in-place change (new version) rebuilds it.
+    """
     eb: Any = getattr(codec, "entropy_bottleneck", None)
     if eb is None:
         raise CodecError("not a FactorizedPrior: no entropy_bottleneck")
-    cdf, sizes, offsets = eb._quantized_cdf, eb._cdf_length, eb._offset
+    cdf, sizes, offsets, quantiles = eb._quantized_cdf, eb._cdf_length, eb._offset, eb.quantiles
+    key = tuple((t, t._version) for t in (cdf, sizes, offsets, quantiles))
+    with _TABLE_LOCK:
+        cached = _TABLE_CACHE.get(eb)
+    if cached is not None and all(
+        a is b and va == vb for (a, va), (b, vb) in zip(cached[0], key, strict=True)
+    ):
+        return cached[1]
     if cdf.numel() == 0 or sizes.numel() == 0 or offsets.numel() == 0:
         raise CodecError("the codec's entropy tables are not built: call codec.update() first")
     channels = int(eb.channels)
@@ -292,12 +314,16 @@ def _tables(codec: FactorizedPrior) -> _Tables:
     size_list = [int(v) for v in sizes.reshape(-1).tolist()]
     if min(size_list) < 3 or max(size_list) > cdf.size(1):
         raise CodecError("the codec's CDF lengths are inconsistent with its tables")
-    return _Tables(
-        cdfs=cdf.tolist(),
+    rows = cdf.tolist()
+    tables = _Tables(
+        cdfs=[row[:n] for row, n in zip(rows, size_list, strict=True)],
         cdf_sizes=size_list,
         offsets=[int(v) for v in offsets.reshape(-1).tolist()],
-        medians=eb.quantiles[:, 0, 1].detach(),
+        medians=quantiles[:, 0, 1].detach().clone(),
     )
+    with _TABLE_LOCK:
+        _TABLE_CACHE[eb] = (key, tables)
+    return tables
 
 
 def _padding_words(symbols: int, words: int) -> int:
@@ -328,7 +354,7 @@ def _strip(payload: bytes) -> bytes:
     return payload.rstrip(b"\x00")
 
 
-def _rans_encode(tables: _Tables, symbols: list[int], indexes: list[int]) -> bytes:
+def _rans_encode(tables: _Tables, symbols: list[int], indexes: Sequence[int]) -> bytes:
     from compressai import ans
 
     encoder = ans.RansEncoder()
@@ -338,7 +364,7 @@ def _rans_encode(tables: _Tables, symbols: list[int], indexes: list[int]) -> byt
     return _strip(raw)
 
 
-def _rans_decode(tables: _Tables, payload: bytes, indexes: list[int]) -> list[int]:
+def _rans_decode(tables: _Tables, payload: bytes, indexes: Sequence[int]) -> list[int]:
     """Decode ``len(indexes)`` symbols from ``payload`` and verify them by re-encoding."""
     from compressai import ans
 
@@ -363,8 +389,10 @@ def _rans_decode(tables: _Tables, payload: bytes, indexes: list[int]) -> list[in
     return symbols
 
 
-def _channel_indexes(channels: int, height: int, width: int, count: int) -> list[int]:
-    per_image = [c for c in range(channels) for _ in range(height * width)]
+@functools.lru_cache(maxsize=32)
+def _channel_indexes(channels: int, height: int, width: int, count: int) -> tuple[int, ...]:
+    """The CDF index (channel) of every symbol: image, then channel, row, column."""
+    per_image = tuple(c for c in range(channels) for _ in range(height * width))
     return per_image * count
 
 

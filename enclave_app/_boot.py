@@ -158,12 +158,25 @@ def _b64url(data: bytes) -> str:
 
 
 def _attest_once(
-    config: EnclaveConfig, client: AttestationClient, key_pair: EnclaveKeyPair, steps: list[int]
+    config: EnclaveConfig,
+    client: AttestationClient,
+    key_pair: EnclaveKeyPair,
+    steps: list[int],
+    progress: Progress | None = None,
 ) -> AttestationResult:
     """Steps 3-5 once; ``steps`` records the step in progress (for errors)."""
+    started = time.perf_counter()
+
+    def done(step: int, detail: str = "") -> None:
+        nonlocal started
+        if progress is not None:
+            progress(BootStep(step, BOOT_STEPS[step], time.perf_counter() - started, detail))
+        started = time.perf_counter()
+
     public_key = key_pair.public_key
     steps.append(3)
     nonce = client.challenge()
+    done(3)
     steps.append(4)
     expected = runtime_data_hash(nonce, public_key)
     try:
@@ -185,10 +198,12 @@ def _attest_once(
     evidence: dict[str, str] = {"report": _b64url(guest.report)}
     if len(guest.certs):
         evidence["cert_table"] = _b64url(guest.certs.to_bytes())
+    done(4, f"{guest.provider}, MEASUREMENT {report.measurement.hex()[:16]}...")
     steps.append(5)
     result = client.submit(nonce, public_key, evidence)
     if result.host_data != host_data:
         raise BootError(5, "the token's HOST_DATA is not this launch configuration's digest")
+    done(5, f"token status {result.status}, expires {result.expires_at.isoformat()}")
     return result
 
 
@@ -198,6 +213,7 @@ def attest_with_retry(
     key_pair: EnclaveKeyPair,
     *,
     retry_attempts: int | None = None,
+    progress: Progress | None = None,
 ) -> AttestationResult:
     """Steps 3-5 with back-off: a failure while the service is unavailable restarts at
     step 3 (a nonce is single use). Raises :class:`BootError`."""
@@ -205,7 +221,7 @@ def attest_with_retry(
     for attempt in range(attempts):
         steps: list[int] = []
         try:
-            return _attest_once(config, client, key_pair, steps)
+            return _attest_once(config, client, key_pair, steps, progress)
         except ServiceUnavailableError as exc:
             if attempt + 1 >= attempts:
                 raise BootError(
@@ -343,11 +359,9 @@ def boot(config: EnclaveConfig, *, progress: Progress | None = None) -> Booted:
     key_pair = EnclaveKeyPair.generate(config.suite)
     done(2, t, f"key id {key_pair.key_id.hex}")
     # 3-5.
-    t = time.perf_counter()
     client = make_attestation_client(config)
     try:
-        result = attest_with_retry(config, client, key_pair)
-        done(5, t, f"token status {result.status}, expires {result.expires_at.isoformat()}")
+        result = attest_with_retry(config, client, key_pair, progress=progress)
         # 6.
         t = time.perf_counter()
         bundle_key = _with_retry(

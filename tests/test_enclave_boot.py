@@ -40,7 +40,7 @@ def test_boot_happy_path(stack: es.Stack) -> None:
     steps: list[BootStep] = []
     booted = boot(stack.config(), progress=steps.append)
     try:
-        assert [s.step for s in steps] == [1, 2, 5, 6, 7, 8, 9]
+        assert [s.step for s in steps] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
         assert all(s.name == BOOT_STEPS[s.step] for s in steps)
         result = booted.attestation
         assert result.public_key == booted.key_pair.public_key

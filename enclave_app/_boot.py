@@ -49,10 +49,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from attestation import AttestationError, AttestationReport, ProviderError
-from attestation._service import (
+from attestation import (
     AttestationClient,
+    AttestationError,
+    AttestationReport,
     AttestationResult,
+    ProviderError,
     ServiceRefusedError,
     ServiceUnavailableError,
     runtime_data_hash,

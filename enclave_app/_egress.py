@@ -46,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from cloud_infer._wire import MEDIA_TYPE, ClassifyRequest, ClassifyResponse, WireError
+from cloud_infer import MEDIA_TYPE, ClassifyRequest, ClassifyResponse, WireError
 from policies import EgressPolicy
 from vision import CodecError, StreamHeader, decode_batch_latents, decode_single_latents
 

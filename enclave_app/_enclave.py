@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from attestation._service import AttestationResult, runtime_data_hash
+from attestation import AttestationResult, runtime_data_hash
 from cloud_infer import ImageResult
 from enclave_app._batcher import DynamicBatcher, OverloadedError
 from enclave_app._boot import Booted, BootError, attest_with_retry

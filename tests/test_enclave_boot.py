@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from attestation import GuestPolicy, GuestReport, ProviderError
-from attestation._service import ServiceUnavailableError
+from attestation import GuestPolicy, GuestReport, ProviderError, ServiceUnavailableError
 from enclave_app import BOOT_STEPS, BootError, BootStep, Enclave, RetryPolicy, boot, seal_bundle
 from sealed import SUITE_MLKEM768_X25519
 from tests import _enclave_support as es

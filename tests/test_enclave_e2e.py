@@ -131,7 +131,7 @@ def test_through_the_gateway(stack: es.Stack) -> None:
     import base64
     import os
 
-    from attestation._service import verify_attestation_token
+    from attestation import verify_attestation_token
     from enclave_app import create_app as create_replica
     from gateway import GatewayConfig
     from gateway import create_app as create_gateway

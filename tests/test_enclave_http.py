@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from attestation._service import verify_attestation_token
+from attestation import verify_attestation_token
 from enclave_app import BootError, Enclave, boot, create_app
 from enclave_app._cli import register
 from policies import LaunchConfiguration

@@ -37,7 +37,6 @@ reasons, and every send with its outcome; counters are in :attr:`EgressGuard.sta
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,10 +63,15 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class EgressDeniedError(Exception):
-    """The egress policy refused a batch (nothing was sent); ``reasons`` say why."""
+    """The egress policy refused a batch (nothing was sent); ``reasons`` say why.
 
-    def __init__(self, reasons: Sequence[str]) -> None:
+    ``size_only``: every reason is a byte bound of G3, so a smaller batch (without the
+    image whose string is too large) may pass.
+    """
+
+    def __init__(self, reasons: Sequence[str], *, size_only: bool = False) -> None:
         self.reasons = tuple(reasons)
+        self.size_only = size_only
         super().__init__("egress denied: " + "; ".join(self.reasons))
 
 
@@ -219,11 +223,17 @@ class EgressGuard:
             self.sink(record)
 
     def _refuse(
-        self, codec: str, count: int, size: int, reasons: Sequence[str]
+        self,
+        codec: str,
+        count: int,
+        size: int,
+        reasons: Sequence[str],
+        *,
+        size_only: bool = False,
     ) -> EgressDeniedError:
         self.stats.refused += 1
         self._record("refused", codec, count, size, reasons)
-        return EgressDeniedError(reasons)
+        return EgressDeniedError(reasons, size_only=size_only)
 
     # -- checks --------------------------------------------------------------------
 
@@ -231,40 +241,52 @@ class EgressGuard:
         self, codec: str, strings: Sequence[bytes], count: int, *, batch_form: bool
     ) -> list[str]:
         """G1-G4 (stateless): why this batch may not leave (empty: it may)."""
+        return [reason for _, reason in self._violations(codec, strings, count, batch_form)]
+
+    def _violations(
+        self, codec: str, strings: Sequence[bytes], count: int, batch_form: bool
+    ) -> list[tuple[str, str]]:
+        """G1-G4 as (kind, reason) pairs; kind ``size`` marks the byte bounds of G3."""
         policy = self.policy
-        reasons: list[str] = []
+        out: list[tuple[str, str]] = []
         # G1
         if not policy.destination_allowed(self.destination):
-            reasons.append(f"destination {self.destination!r} is not allow-listed")
+            out.append(("destination", f"destination {self.destination!r} is not allow-listed"))
         # G2
         if codec != policy.codec:
-            reasons.append(f"codec {codec!r} is not the allowed {policy.codec!r}")
+            out.append(("codec", f"codec {codec!r} is not the allowed {policy.codec!r}"))
         # G3
         limit = policy.max_bytes_per_image
         if not 1 <= count <= self.max_batch:
-            reasons.append(f"batch of {count} images outside 1 .. {self.max_batch}")
-            return reasons
+            out.append(("count", f"batch of {count} images outside 1 .. {self.max_batch}"))
+            return out
         if batch_form:
             if len(strings) != 1:
-                reasons.append("the batch form carries exactly one stream")
-                return reasons
+                out.append(("form", "the batch form carries exactly one stream"))
+                return out
             if not 1 <= len(strings[0]) <= count * limit:
-                reasons.append(
-                    f"stream of {len(strings[0])} bytes for {count} images outside "
-                    f"1 .. {count * limit}"
+                out.append(
+                    (
+                        "size",
+                        f"stream of {len(strings[0])} bytes for {count} images outside "
+                        f"1 .. {count * limit}",
+                    )
                 )
         else:
             if len(strings) != count:
-                reasons.append(f"{len(strings)} strings for {count} images")
-                return reasons
+                out.append(("form", f"{len(strings)} strings for {count} images"))
+                return out
             for index, s in enumerate(strings):
                 if not 1 <= len(s) <= limit:
-                    reasons.append(f"string {index}: {len(s)} bytes outside 1 .. {limit}")
-        if reasons:
-            return reasons
+                    out.append(("size", f"string {index}: {len(s)} bytes outside 1 .. {limit}"))
+        if out:
+            return out
         # G4
-        reasons.extend(self._check_bitstrings(strings, count, batch_form=batch_form))
-        return reasons
+        out.extend(
+            ("bitstring", reason)
+            for reason in self._check_bitstrings(strings, count, batch_form=batch_form)
+        )
+        return out
 
     def _check_bitstrings(
         self, strings: Sequence[bytes], count: int, *, batch_form: bool
@@ -332,11 +354,15 @@ class EgressGuard:
         strings = tuple(strings)
         size = sum(len(s) for s in strings)
         # G1-G4 off the event loop: G4 entropy-decodes the batch
-        reasons = await asyncio.to_thread(
-            functools.partial(self.check, codec, strings, count, batch_form=batch_form)
-        )
-        if reasons:
-            raise self._refuse(codec, count, size, reasons)
+        violations = await asyncio.to_thread(self._violations, codec, strings, count, batch_form)
+        if violations:
+            raise self._refuse(
+                codec,
+                count,
+                size,
+                [reason for _, reason in violations],
+                size_only=all(kind == "size" for kind, _ in violations),
+            )
         wait = await self._take_tokens(count)
         if wait:
             raise self._refuse(

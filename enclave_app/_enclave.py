@@ -11,7 +11,9 @@ sealed request (:meth:`Enclave.handle`), in order:
    ``invalid-image``.
 4. Queue the image for dynamic batching (``_batcher``); each batch is perturbed and
    encoded on the inference thread (``_engine``), then sent through the egress guard
-   (``_egress``) in one call to cloud inference: ``egress-denied``,
+   (``_egress``) in one call to cloud inference (a batch refused only for its size is
+   split in halves and re-sent, so an image whose bit-string is too large fails
+   alone): ``egress-denied``,
    ``upstream-unavailable``; the whole of steps 3-5 within ``request_timeout``:
    ``timeout``; anything unexpected: ``internal`` (no details).
 5. Seal the answer under the request's response key: the label, the client's ``top_k``
@@ -308,14 +310,29 @@ class Enclave:
         )
 
     async def _process_batch(self, items: Sequence[_Item]) -> list[_ItemResult | BaseException]:
+        """Perturb, encode and send one batch. A batch refused only for its size (G3) is
+        split in halves, re-encoded and sent again, so that one image whose bit-string
+        is too large (a noise image, say) fails alone instead of taking its batch with it.
+        """
         started = time.perf_counter_ns()
         images = np.stack([item.image for item in items])
         loop = asyncio.get_running_loop()
         encoded = await loop.run_in_executor(self._executor, self.engine.run, images)
         sent = time.perf_counter_ns()
-        answer = await self.guard.classify(
-            self.engine.codec_id, encoded.strings, encoded.count, batch_form=encoded.batch_form
-        )
+        try:
+            answer = await self.guard.classify(
+                self.engine.codec_id, encoded.strings, encoded.count, batch_form=encoded.batch_form
+            )
+        except EgressDeniedError as exc:
+            if not exc.size_only or len(items) == 1:
+                return [exc] * len(items)
+            middle = len(items) // 2
+            return [
+                *await self._process_batch(items[:middle]),
+                *await self._process_batch(items[middle:]),
+            ]
+        except UpstreamError as exc:
+            return [exc] * len(items)
         cloud_us = _us(time.perf_counter_ns() - sent)
         cloud_timings = tuple(
             (f"cloud_{name}", int(answer.timings_us[name]))

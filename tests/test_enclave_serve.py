@@ -348,3 +348,47 @@ def test_audit_sink_receives_records(booted: Booted, stack: es.Stack, tmp_path: 
     assert isinstance(asyncio.run(run()), InferenceResult)
     assert [r.outcome for r in records] == ["sent"]
     assert records[0].to_json()["event"] == "egress"
+
+
+def test_oversized_image_fails_alone(booted: Booted, stack: es.Stack) -> None:
+    """A batch refused only for its size is split until the offending image is alone."""
+    from cloud_infer import ClassifyResponse
+    from cloud_infer import ImageResult as CloudResult
+    from cloud_infer import ScoredLabel as CloudScore
+    from enclave_app import EgressDeniedError, EncodedBatch
+
+    enclave = Enclave(booted, egress_sink=None)
+    marker = 255  # an all-white image stands for one whose bit-string is too large
+    calls: list[int] = []
+
+    def run(images: Any) -> EncodedBatch:
+        flags = bytes(int(img.min() == marker) for img in images)
+        return EncodedBatch((flags,), len(images), True, 1, 1)
+
+    async def classify(codec: str, strings: Any, count: int, *, batch_form: bool) -> Any:
+        calls.append(count)
+        if 1 in strings[0]:
+            raise EgressDeniedError(["stream too large"], size_only=True)
+        results = tuple(CloudResult(i, (CloudScore(i, 900_000),)) for i in range(count))
+        return ClassifyResponse(es.CODEC_ID, results, {}, "ab" * 48)
+
+    stub = type("StubEngine", (), {"run": staticmethod(run), "codec_id": es.CODEC_ID})
+    enclave.engine = stub()
+    enclave.guard.classify = classify  # type: ignore[method-assign]
+    white = np.full((32, 32, 3), marker, dtype=np.uint8)
+    jpegs = [es.jpeg(seed=1), es.jpeg(seed=2), es.jpeg(white, quality=100), es.jpeg(seed=3)]
+
+    async def go() -> list[Any]:
+        await enclave.start(refresh=False)
+        try:
+            key = enclave.key_pair.public_key
+            sealed = [seal_request(key, j) for j in jpegs]
+            raw = await asyncio.gather(*(enclave.handle(s.envelope) for s in sealed))
+            return [s.open_response(r) for s, r in zip(sealed, raw, strict=True)]
+        finally:
+            await enclave.aclose()
+
+    answers = asyncio.run(go())
+    codes = [a.code if isinstance(a, InferenceFailure) else "ok" for a in answers]
+    assert codes == ["ok", "ok", "egress-denied", "ok"]
+    assert calls == [4, 2, 2, 1, 1]  # 4 refused; halves: 2 sent, 2 refused; then 1 + 1

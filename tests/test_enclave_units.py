@@ -510,3 +510,16 @@ def test_no_warnings_from_decoding() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         decode_jpeg(es.jpeg(size=64), 32)
+
+
+def test_guard_size_only_refusals_are_marked() -> None:
+    cloud = es.FakeCloud()
+    stream = encode_batch(es.codec(), _images(2))
+    small = es.egress_policy(max_bytes_per_image=4)
+    with pytest.raises(EgressDeniedError) as info:
+        _classify(_guard(cloud, policy=small), es.CODEC_ID, [stream], 2, batch_form=True)
+    assert info.value.size_only
+    with pytest.raises(EgressDeniedError) as info:
+        _classify(_guard(cloud, policy=small), "pmc2-fp-1-1/v1", [stream], 2, batch_form=True)
+    assert not info.value.size_only  # codec and size: splitting cannot help
+    assert not cloud.requests

@@ -25,12 +25,16 @@ from PIL import Image
 
 from cloud_infer import ClassifyRequest, ClassifyResponse, ImageResult, ScoredLabel
 from enclave_app import EnclaveConfig, generate_bundle_key, seal_bundle
-from policies import EgressPolicy, LaunchConfiguration, Peers
-from policies._endpoint import Endpoint
+from policies import EgressPolicy, Endpoint, LaunchConfiguration, Peers
 from tests import _service_support as svc
-from vision import decode_batch_latents, decode_single_latents, make_codec, manifest_digest
-from vision._bundle import write_bundle
-from vision._models import UNetGenerator
+from vision import (
+    UNetGenerator,
+    decode_batch_latents,
+    decode_single_latents,
+    make_codec,
+    manifest_digest,
+    write_bundle,
+)
 
 CODEC_ID = "pmc2-fp-8-8/v1"
 CLOUD = "http://cloud.test:8402"

@@ -20,8 +20,7 @@ from cloud_infer import BatchingOptions, CloudConfig, CredentialSet, create_app
 from enclave_app import BatchConfig, Enclave, boot, decode_jpeg
 from sealed import InferenceResult, RequestOptions, seal_request
 from tests import _enclave_support as es
-from vision import decode_batch, encode_batch, make_codec
-from vision._bundle import write_bundle
+from vision import decode_batch, encode_batch, make_codec, write_bundle
 
 
 class TinyTarget(nn.Module):

@@ -256,21 +256,24 @@ class _BusyProvider:
 
 def test_evidence_rate_limit_and_provider_failure(stack: es.Stack) -> None:
     enclave = Enclave(boot(stack.config()))
-    app = create_app(enclave, evidence_rate=2)
+    limited = create_app(enclave, evidence_rate=0.1)  # one token, back after 10 s
+    unlimited = create_app(enclave, evidence_rate=1000)
     nonce = _b64(os.urandom(16))
 
-    async def run() -> list[httpx.Response]:
+    async def get(app: Any) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://replica") as http:
-            out = [await http.get("/internal/evidence", params={"nonce": nonce}) for _ in range(3)]
-            object.__setattr__(enclave.config, "provider", _BusyProvider())
-            await asyncio.sleep(0.6)
-            out.append(await http.get("/internal/evidence", params={"nonce": nonce}))
+            return await http.get("/internal/evidence", params={"nonce": nonce})
+
+    async def run() -> list[httpx.Response]:
+        out = [await get(limited), await get(limited)]
+        object.__setattr__(enclave.config, "provider", _BusyProvider())
+        out.append(await get(unlimited))
         await enclave.aclose()
         return out
 
-    first, second, third, failed = asyncio.run(run())
-    assert first.status_code == second.status_code == 200
-    assert third.status_code == 429 and third.headers["retry-after"] == "1"
+    first, second, failed = asyncio.run(run())
+    assert first.status_code == 200
+    assert second.status_code == 429 and second.headers["retry-after"] == "1"
     assert failed.status_code == 503 and "firmware is busy" in failed.json()["detail"]
     assert failed.headers["retry-after"] == "1"

@@ -264,7 +264,10 @@ def refusal(reply: Reply, where: str) -> ClientError:
 def _json(reply: Reply, where: str) -> dict[str, Any]:
     if reply.status != 200:
         raise refusal(reply, where)
-    if reply.media_type != "application/json":
+    media = reply.media_type
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
         raise ProtocolError(
             f"{where} answered {reply.media_type or 'no content type'}, expected application/json"
         )

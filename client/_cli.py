@@ -276,11 +276,13 @@ def run_classify(args: argparse.Namespace, *, transport: httpx.BaseTransport | N
     if missing:
         return _usage(f"no such image file: {', '.join(missing)}")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             config = _config(args)
     except (ValueError, OSError) as exc:
         return _usage(str(exc))
+    for warning in caught:
+        print(f"pmc2 classify: warning: {warning.message}", file=sys.stderr)
     results: list[Classification] = []
     attestation: Attestation | None = None
     code = EXIT_OK

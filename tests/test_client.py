@@ -301,7 +301,8 @@ def test_attest_then_classify(harness: Harness, tmp_path: Path) -> None:
         assert r.scores[0].label == r.label and len(r.scores) == 3
         assert r.key_id == attestation.key_id
         assert r.bytes_sent.envelope > r.bytes_sent.jpeg > 0
-        assert r.bytes_sent.envelope % 1024 == 0 or r.bytes_sent.envelope > 1024
+        # header 28 + enc_len 2 + enc 32 + ct_len 4 + tag 16, plaintext padded to 1 KiB
+        assert (r.bytes_sent.envelope - 82) % 1024 == 0
         t = r.timings
         assert t.round_trip_ms > 0 and t.seal_ms >= 0 and t.jpeg_ms >= 0
         assert {"open", "decode", "perturb", "encode", "cloud", "total"} <= set(t.server_ms)
@@ -785,6 +786,38 @@ def test_persistent_unknown_key_is_refused(harness: Harness) -> None:
         c.classify_one(jpeg_bytes(20))
     assert recorder.infers() == 1  # the same key again: no blind retry
     assert recorder.paths().count("GET gateway.test/v1/attestation") == 2
+
+
+def test_a_421_does_not_make_the_client_trust_another_key(harness: Harness) -> None:
+    # the gateway answers 421 and then offers its own key: refused, nothing re-sent
+    listings = [0]
+
+    def evil(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if request.url.path == "/v1/infer":
+            problem = {
+                "type": "urn:pmc2:sealed:unknown-key",
+                "status": 421,
+                "title": "unknown key id",
+                "current_key_id": SWAP.key_id.hex,
+            }
+            return httpx.Response(
+                421,
+                content=json.dumps(problem).encode(),
+                headers={"content-type": "application/problem+json"},
+            )
+        if request.url.path == "/v1/attestation":
+            listings[0] += 1
+            if listings[0] > 1:
+                return on_listing(_swap_key)(request, response)
+        return response
+
+    recorder = Recorder(harness.apps, evil)
+    with (
+        sync_client(harness, recorder) as c,
+        pytest.raises(AttestationFailed, match="token bound to key"),
+    ):
+        c.classify_one(jpeg_bytes(21))
+    assert recorder.infers() == 1 and listings[0] == 2
 
 
 # --- units: pins, expectations, images, API shape ------------------------------------------

@@ -233,6 +233,10 @@ _KINDS = {
 }
 
 
+_STAGES = ("open", "decode", "queue", "perturb", "encode", "cloud")
+"""The enclave's stages in pipeline order (the paper's Figure 4); others follow by name."""
+
+
 def _short(data: bytes | None, n: int = 16) -> str:
     return "-" if data is None else data.hex()[:n] + "…"
 
@@ -262,7 +266,11 @@ def _print_result(result: Classification) -> None:
         f"in a {sent.envelope} B envelope"
     )
     t = result.timings
-    server = ", ".join(f"{k} {v:.2f}" for k, v in t.server_ms.items() if k != "total")
+    stages = sorted(
+        (k for k in t.server_ms if k != "total"),
+        key=lambda k: (_STAGES.index(k) if k in _STAGES else len(_STAGES), k),
+    )
+    server = ", ".join(f"{k} {t.server_ms[k]:.2f}" for k in stages)
     reattest = f", re-attest {t.reattest_ms:.2f}" if t.reattest_ms else ""
     print(
         f"  latency {t.total_ms:.2f} ms: jpeg {t.jpeg_ms:.2f}, seal {t.seal_ms:.2f}, "

@@ -402,6 +402,13 @@ class Core:
 
     def _verify(self, offer: _Offer, keys: Mapping[str, Any], nonce: bytes | None) -> Attestation:
         config = self.config
+        kid = token_kid(offer.token)
+        kids = sorted(str(k.get("kid")) for k in keys.get("keys", ()))
+        if kid not in kids:
+            raise AttestationFailed(
+                f"the token is signed by key {_printable(kid, 64)}, which is not a pinned key "
+                f"of the attestation service (usable: {', '.join(kids)})"
+            )
         return verify_offer(
             offer.token,
             keys,

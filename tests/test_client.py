@@ -15,6 +15,7 @@ import doctest
 import importlib
 import io
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,8 +31,12 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 import client
+from attestation import AttestationClient
 from client import (
     AsyncClient,
     AttestationFailed,
@@ -54,7 +59,13 @@ from enclave_app import Enclave, boot
 from enclave_app import create_app as enclave_app
 from gateway import GatewayConfig, RateLimit
 from gateway import create_app as gateway_app
-from sealed import SUITE_MLKEM768_X25519, EnclaveKeyPair
+from sealed import (
+    SUITE_MLKEM768_X25519,
+    EnclaveKeyPair,
+    InferenceResult,
+    ScoredLabel,
+    open_request,
+)
 from tests import _enclave_support as es
 from tests import _service_support as svc
 
@@ -818,6 +829,65 @@ def test_a_421_does_not_make_the_client_trust_another_key(harness: Harness) -> N
     ):
         c.classify_one(jpeg_bytes(21))
     assert recorder.infers() == 1 and listings[0] == 2
+
+
+def test_signing_key_rotation(harness: Harness) -> None:
+    # an unpinned client (development) fetches the key set again for a token signed by a
+    # key it has not seen; a client pinning only the old key refuses such a token
+    old = harness.thumbprints()
+    with pytest.warns(InsecureClientWarning):
+        anything = JwksPin.insecure_any()
+    loose, strict = Recorder(harness.apps), Recorder(harness.apps)
+    with (
+        sync_client(harness, loose, jwks_pin=anything, fresh_nonce=True) as a,
+        sync_client(harness, strict, jwks_pin=JwksPin(thumbprints=old), fresh_nonce=True) as b,
+    ):
+        a.attest()
+        b.attest()
+        new = harness.stack.env.admin.rotate_signing_key()
+        assert new not in old
+        assert a.attest(force=True).fresh
+        with pytest.raises(AttestationFailed, match=f"signed by key {new}, which is not a pinned"):
+            b.attest(force=True)
+    assert loose.paths().count("GET attest.test/.well-known/jwks.json") == 2
+    assert strict.paths().count("GET attest.test/.well-known/jwks.json") == 2
+
+
+def test_post_quantum_suite(harness: Harness) -> None:
+    # The enclave app boots only with X25519 keys (key release needs them), so an HPKE-9
+    # replica is stood in for: its key is attested by the real service (/v1/verify with
+    # simulated evidence binding the key), behind the real gateway.
+    pair = EnclaveKeyPair.generate(SUITE_MLKEM768_X25519)
+    nonce = os.urandom(32)
+    evidence = AttestationClient.evidence(harness.stack.provider, nonce, pair.public_key)
+    token = harness.stack.env.client.verify(nonce, pair.public_key, evidence).token
+
+    async def attestation(request: Request) -> Response:
+        jwk = pair.public_key.to_jwk()
+        return JSONResponse({"key_id": pair.key_id.hex, "token": token, "public_key_jwk": jwk})
+
+    async def infer(request: Request) -> Response:
+        opened = open_request(await request.body(), pair)
+        answer = InferenceResult(label=7, top_k=(ScoredLabel(7, 800_000),), label_name="horse")
+        return Response(opened.seal_response(answer), media_type="application/octet-stream")
+
+    replica = Starlette(
+        routes=[
+            Route("/internal/attestation", attestation, methods=["GET"]),
+            Route("/internal/infer", infer, methods=["POST"]),
+        ]
+    )
+    apps = {**harness.apps, "gateway.test": harness.new_gateway(Switch(replica))}
+    with sync_client(harness, Recorder(apps), suite=SUITE_MLKEM768_X25519) as c:
+        result = c.classify_one(jpeg_bytes(22))
+        assert c.attestation is not None and c.attestation.suite.name == "HPKE-9"
+    assert (result.label, result.label_name, result.key_id) == (7, "horse", pair.key_id.hex)
+    assert result.bytes_sent.envelope > 1120  # the X-Wing encapsulated key
+    with (
+        sync_client(harness, Recorder(apps)) as default,
+        pytest.raises(PolicyMismatch, match=r"expected one of \[HPKE-3\].*HPKE-9"),
+    ):
+        default.attest()
 
 
 # --- units: pins, expectations, images, API shape ------------------------------------------

@@ -23,6 +23,7 @@ Registrar = Callable[["argparse._SubParsersAction[Any]", "argparse._SubParsersAc
 def _registrars() -> list[Registrar]:
     """Each package's ``register(sub, bench)``, in the order ``pmc2 --help`` lists them."""
     from attestation import _admin_cli, _cli
+    from client import _cli as client_cli
     from cloud_infer import _cli as cloud_cli
     from enclave_app import _cli as enclave_cli
     from gateway import _cli as gateway_cli
@@ -38,6 +39,7 @@ def _registrars() -> list[Registrar]:
         enclave_cli.register,
         cloud_cli.register,
         gateway_cli.register,
+        client_cli.register,
         _demo.register,
     ]
 

@@ -654,9 +654,7 @@ def train_generator(
     n_train = len(train)
     x_train = torch.from_numpy(train.images)
     y_train = torch.from_numpy(train.labels)
-    val_eval = (
-        val if cfg.eval_images is None else val.subset(np.arange(min(len(val), cfg.eval_images)))
-    )
+    val_eval = _limit(val, cfg.eval_images)
     steps_per_epoch = len(_batches(n_train, cfg.batch_size, None, drop_last=True))
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -741,16 +739,34 @@ class CodecTrainConfig:
     N: int = 128
     M: int = 192
     epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-4
-    aux_lr: float = 1e-3
-    lmbda: float = 0.01  # loss = MSE + lmbda * bpp
+    batch_size: int = 32
+    lr: float = 1e-3
+    aux_lr: float = 5e-2
+    eb_lr_mult: float = 10.0  # learning-rate multiplier for the entropy model's density
+    ste: bool = True  # decoder sees rounded latents (straight-through), as when coding
+    lmbda: float = 0.5  # loss = MSE + lmbda * bpp
     ce_weight: float = 0.0  # optional: + ce_weight * CE(target(decoded), y)
     clip_grad: float = 1.0
     seed: int = 0
     bf16: bool | None = False
     max_train: int | None = None
     eval_images: int | None = 1000
+
+
+def _codec_forward(codec: Any, x: Tensor, ste: bool) -> dict[str, Any]:
+    """FactorizedPrior forward; with ``ste`` the decoder gets the latents rounded around
+    the entropy model's medians (what ``compress`` codes), gradients passing straight
+    through, while the rate still comes from the noisy-latent likelihoods."""
+    if not ste:
+        out: dict[str, Any] = codec(x)
+        return out
+    from compressai.ops import quantize_ste
+
+    y = codec.g_a(x)
+    _, likelihoods = codec.entropy_bottleneck(y)
+    medians = codec.entropy_bottleneck._get_medians().detach()
+    y_hat = quantize_ste(y - medians) + medians
+    return {"x_hat": codec.g_s(y_hat), "likelihoods": {"y": likelihoods}}
 
 
 @torch.no_grad()
@@ -830,7 +846,14 @@ def train_codec(
     codec = make_codec(N=cfg.N, M=cfg.M).to(device)
     main_params = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
-    opt = torch.optim.Adam(main_params, lr=cfg.lr)
+    eb_ids = {id(p) for p in codec.entropy_bottleneck.parameters()}
+    opt = torch.optim.Adam(
+        [
+            {"params": [p for p in main_params if id(p) not in eb_ids], "mult": 1.0},
+            {"params": [p for p in main_params if id(p) in eb_ids], "mult": cfg.eb_lr_mult},
+        ],
+        lr=cfg.lr,
+    )
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
     config = asdict(cfg)
     ckpt = _Checkpoint()
@@ -843,9 +866,7 @@ def train_codec(
     n_train = len(train)
     protected = _protect_all(generator, train.images, device, progress)
     y_train = torch.from_numpy(train.labels)
-    val_eval = (
-        val if cfg.eval_images is None else val.subset(np.arange(min(len(val), cfg.eval_images)))
-    )
+    val_eval = _limit(val, cfg.eval_images)
     val_protected = _protect_all(generator, val_eval.images, device, False)
     val_labels = torch.from_numpy(val_eval.labels)
     steps_per_epoch = len(_batches(n_train, cfg.batch_size, None, drop_last=True))
@@ -861,10 +882,10 @@ def train_codec(
         ):
             lr = _lr_at(ckpt.step, total, cfg.lr, 0, "cosine") if cfg.epochs > 1 else cfg.lr
             for group in opt.param_groups:
-                group["lr"] = max(lr, cfg.lr * 0.01)
+                group["lr"] = max(lr, cfg.lr * 0.01) * group["mult"]
             x = protected[idx].float().div(255.0).to(device)
             with _autocast(device, bf16):
-                res = codec(x)
+                res = _codec_forward(codec, x, cfg.ste)
             x_hat = res["x_hat"].float()
             num_pixels = x.shape[0] * x.shape[2] * x.shape[3]
             bpp = torch.zeros((), device=device)

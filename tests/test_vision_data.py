@@ -244,3 +244,4 @@ def test_shared_cifar10_test_split(cifar10_dir: Path, tmp_path: Path) -> None:
     val, ev = split_test(test)
     assert len(val) == len(ev) == 5000
     assert np.bincount(ev.labels).tolist() == [500] * 10
+    assert len(set(ev.labels[:50].tolist())) == 10  # a prefix is a class-mixed sample

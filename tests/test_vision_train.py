@@ -200,3 +200,59 @@ def test_codec_ce_weight_needs_target(tmp_path: Path) -> None:
             device=CPU,
             progress=False,
         )
+
+
+def test_assemble_bundle_evaluates_and_loads(tmp_path: Path) -> None:
+    from vision._assemble import assemble_bundle
+    from vision._bundle import load_bundle
+
+    target_dir, aux_dir = _tiny_classifiers(tmp_path)
+    target, _ = load_classifier_dir(target_dir)
+    aux, _ = load_classifier_dir(aux_dir)
+    gen_cfg = GeneratorTrainConfig(base=4, epochs=1, batch_size=64, bf16=False)
+    train_generator(
+        gen_cfg,
+        TRAIN,
+        VAL,
+        tmp_path / "g",
+        target=target,
+        aux=aux,
+        device=CPU,
+        progress=False,
+        command="pmc2 train generator",
+    )
+    generator, _ = load_generator_dir(tmp_path / "g")
+    codec_cfg = CodecTrainConfig(N=8, M=8, epochs=1, batch_size=32, eval_images=16)
+    train_codec(
+        codec_cfg,
+        TRAIN,
+        VAL,
+        tmp_path / "c",
+        generator=generator,
+        target=target,
+        device=CPU,
+        progress=False,
+        command="pmc2 train codec",
+    )
+    dirs = {
+        "target": target_dir,
+        "aux": aux_dir,
+        "generator": tmp_path / "g",
+        "codec": tmp_path / "c",
+    }
+    metrics = assemble_bundle(
+        tmp_path / "bundle", dirs, VAL, commands=["pmc2 train bundle"], notes=["tiny"]
+    )
+    ev = metrics["evaluation"]
+    assert ev["images"] == len(VAL)
+    assert {"clean", "protected", "neural", "neural_batched"} <= set(ev)
+    assert ev["neural"]["bytes"] > ev["neural_batched"]["bytes_per_image"] > 0
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.manifest.commands[-3:] == (
+        "pmc2 train generator",
+        "pmc2 train codec",
+        "pmc2 train bundle",
+    )
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.target(x), target(x))

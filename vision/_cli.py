@@ -118,6 +118,24 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
     _common(cod, "runs/codec")
     cod.set_defaults(handler=_train_codec)
 
+    bun = tsub.add_parser("bundle", help="evaluate trained networks and write a model bundle")
+    for role in ("target", "aux", "generator", "codec"):
+        bun.add_argument(f"--{role}", type=Path, default=None, help=f"trained {role} dir")
+    bun.add_argument("--out", type=Path, default=Path("vision/bundle"), help="bundle directory")
+    bun.add_argument("--data", type=Path, default=Path(_DEFAULT_DATA))
+    bun.add_argument("--cache", type=Path, default=Path(".cache/cifar10"))
+    bun.add_argument(
+        "--eval-images",
+        type=int,
+        default=None,
+        help="evaluate on the first N of the evaluation half (default: all 5000)",
+    )
+    bun.add_argument("--note", action="append", default=[], help="a note for the manifest")
+    bun.add_argument("--device", default=None)
+    bun.add_argument("--threads", type=int, default=None)
+    bun.add_argument("--no-progress", action="store_true")
+    bun.set_defaults(handler=_train_bundle)
+
     _bench_cli.register(bench)
 
 
@@ -301,4 +319,32 @@ def _train_codec(args: argparse.Namespace) -> int:
         provenance=provenance,
     )
     print(json.dumps(metrics[-1] if metrics else {}))
+    return 0
+
+
+def _train_bundle(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vision._assemble import assemble_bundle
+    from vision._data import load_cifar10, split_test
+
+    device = _setup(args)
+    dirs = {r: getattr(args, r) for r in ("target", "aux", "generator", "codec")}
+    dirs = {r: d for r, d in dirs.items() if d is not None}
+    if "target" not in dirs:
+        print("--target is required", file=sys.stderr)
+        return 2
+    _, evaluation = split_test(load_cifar10(args.data, "test", args.cache))
+    if args.eval_images is not None:
+        evaluation = evaluation.subset(np.arange(min(len(evaluation), args.eval_images)))
+    metrics = assemble_bundle(
+        args.out,
+        dirs,
+        evaluation,
+        commands=[_command()],
+        notes=args.note,
+        device=device,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(metrics["evaluation"], indent=2))
     return 0

@@ -341,7 +341,8 @@ def split_test(test: CifarArrays, seed: int = _SPLIT_SEED) -> tuple[CifarArrays,
     """Split the test set into (validation, evaluation) halves with a fixed seed.
 
     Stratified: each class contributes half its images to each half (5,000 / 5,000 for
-    CIFAR-10), so both halves stay class-balanced.
+    CIFAR-10), so both halves stay class-balanced. Each half comes in a fixed shuffled
+    order, so its first N images are a class-mixed sample.
     """
     rng = np.random.default_rng(seed)
     val_idx: list[npt.NDArray[np.int64]] = []
@@ -352,4 +353,7 @@ def split_test(test: CifarArrays, seed: int = _SPLIT_SEED) -> tuple[CifarArrays,
         half = idx.size // 2
         val_idx.append(np.sort(idx[:half]))
         eval_idx.append(np.sort(idx[half:]))
-    return test.subset(np.concatenate(val_idx)), test.subset(np.concatenate(eval_idx))
+    # shuffled (fixed order): any prefix of a half is a class-mixed sample of it
+    val_all = rng.permutation(np.concatenate(val_idx)).astype(np.int64)
+    eval_all = rng.permutation(np.concatenate(eval_idx)).astype(np.int64)
+    return test.subset(val_all), test.subset(eval_all)

@@ -84,8 +84,8 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
         "--pair",
         choices=["vgg13", "resnet18", "densenet121", "googlenet"],
         default=None,
-        help="the paper's (target, aux) pair: trains both classifiers at full "
-        "size first when --target/--aux are not given (GPU-sized)",
+        help="the paper's (target, aux) pair at full size (GPU-sized): target and aux "
+        "default to runs/<arch>, trained first by `pmc2 train classifier --arch <arch>`",
     )
     gen.add_argument("--width", type=int, default=None, help="U-Net base width (paper: 32)")
     gen.add_argument("--ssim-weight", type=float, default=None)
@@ -217,20 +217,35 @@ def _train_generator(args: argparse.Namespace) -> int:
     from vision._train import GeneratorTrainConfig, load_classifier_dir, train_generator
 
     device = _setup(args)
-    if args.target is None or args.aux is None:
-        if args.pair is None:
-            print("give --target and --aux, or --pair", file=sys.stderr)
-            return 2
+    if args.pair is not None:
+        # the paper's pairs at full size: default directories runs/<arch>
         t_arch, a_arch = PAPER_PAIRS[args.pair]
-        print(
-            f"--pair {args.pair}: train {t_arch} and {a_arch} first with "
-            f"`pmc2 train classifier --arch {t_arch} --out runs/{t_arch}` (and {a_arch}), "
-            "then pass --target/--aux",
-            file=sys.stderr,
-        )
+        args.target = args.target or Path("runs") / t_arch
+        args.aux = args.aux or Path("runs") / a_arch
+        missing = [
+            (a, d)
+            for a, d in ((t_arch, args.target), (a_arch, args.aux))
+            if not (d / "model.json").is_file()
+        ]
+        if missing:
+            for arch, directory in missing:
+                print(
+                    f"train first: pmc2 train classifier --arch {arch} --out {directory}",
+                    file=sys.stderr,
+                )
+            return 2
+    if args.target is None or args.aux is None:
+        print("give --target and --aux, or --pair", file=sys.stderr)
         return 2
     target, t_meta = load_classifier_dir(args.target)
     aux, a_meta = load_classifier_dir(args.aux)
+    if args.pair is not None and (t_meta["arch"], a_meta["arch"]) != PAPER_PAIRS[args.pair]:
+        print(
+            f"--pair {args.pair} needs (target, aux) = {PAPER_PAIRS[args.pair]}, got "
+            f"({t_meta['arch']}, {a_meta['arch']})",
+            file=sys.stderr,
+        )
+        return 2
     cfg = replace(
         GeneratorTrainConfig(seed=args.seed, bf16=args.bf16),
         **_overrides(

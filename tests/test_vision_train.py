@@ -256,3 +256,145 @@ def test_assemble_bundle_evaluates_and_loads(tmp_path: Path) -> None:
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(bundle.target(x), target(x))
+
+
+def _write_split(root: Path, split: str, data: CifarArrays) -> None:
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from vision._data import CIFAR10_CLASSES
+
+    with tarfile.open(root / f"{split}.tar.gz", "w:gz") as tar:
+        for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{split}/{CIFAR10_CLASSES[label]}/{i:04d}.png")
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)
+
+
+def test_cli_trains_each_stage(tmp_path: Path) -> None:
+    from pmc2.cli import main
+
+    _write_split(tmp_path, "train", _toy(96, 3))
+    _write_split(tmp_path, "test", _toy(40, 4))
+    common = [
+        "--data",
+        str(tmp_path),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        "--no-bf16",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+    ]
+    t, a, g, c = (tmp_path / n for n in ("t", "a", "g", "c"))
+    assert (
+        main(["train", "classifier", "--config", '{"widths": [4, 8, 8]}', "--out", str(t), *common])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "classifier",
+                "--arch",
+                "resnet18",
+                "--width",
+                "4",
+                "--seed",
+                "1",
+                "--out",
+                str(a),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "generator",
+                "--target",
+                str(t),
+                "--aux",
+                str(a),
+                "--width",
+                "4",
+                "--out",
+                str(g),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "generator",
+                "--pair",
+                "vgg13",
+                "--target",
+                str(t),
+                "--aux",
+                str(a),
+                "--out",
+                str(tmp_path / "g2"),
+                *common,
+            ]
+        )
+        == 2
+    )  # not the paper's pair
+    assert (
+        main(
+            [
+                "train",
+                "codec",
+                "--generator",
+                str(g),
+                "--N",
+                "8",
+                "--M",
+                "8",
+                "--out",
+                str(c),
+                *common,
+            ]
+        )
+        == 0
+    )
+    _, meta = load_codec_dir(c)
+    assert meta["target"]["dir"] == str(t)  # the generator's target by default
+    assert meta["command"].startswith("pmc2 ")
+    assert (
+        main(
+            [
+                "train",
+                "bundle",
+                "--target",
+                str(t),
+                "--aux",
+                str(a),
+                "--generator",
+                str(g),
+                "--codec",
+                str(c),
+                "--out",
+                str(tmp_path / "b"),
+                "--data",
+                str(tmp_path),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "b" / "manifest.json").is_file()

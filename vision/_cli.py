@@ -140,6 +140,10 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
 
 
 def _command() -> str:
+    """The command line as typed (``pmc2 ...``), recorded in checkpoints and manifests."""
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    if program != "pmc2":
+        return "pmc2 (called in-process)"
     return shlex.join(["pmc2", *sys.argv[1:]])
 
 

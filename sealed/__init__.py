@@ -39,7 +39,9 @@ from sealed._errors import (
 )
 from sealed._keys import EnclaveKeyPair, EnclavePublicKey, InsecureKeyExportWarning, KeyId
 from sealed._messages import (
+    MAX_BATCH_IMAGES,
     MAX_TOP_K,
+    BitstringSizes,
     InferenceFailure,
     InferenceResponse,
     InferenceResult,
@@ -73,6 +75,7 @@ __all__: list[str] = [
     "DEFAULT_RESPONSE_PADDING",
     "DEFAULT_SUITE",
     "MAGIC",
+    "MAX_BATCH_IMAGES",
     "MAX_TOP_K",
     "PROBLEM_TYPE_PREFIX",
     "SUITE_MLKEM768_X25519",
@@ -80,6 +83,7 @@ __all__: list[str] = [
     "SUPPORTED_SUITES",
     "VERSION",
     "AeadId",
+    "BitstringSizes",
     "DecryptionError",
     "EnclaveKeyPair",
     "EnclavePublicKey",

@@ -1,6 +1,7 @@
 """What travels inside the envelopes: request options and the response body.
 
-Specification: docs/protocol.md, sections 6.2 (options) and 6.3 (response body). Both are
+Specification: docs/protocol.md, sections 6.2 (options) and 6.3 (response body; the
+optional ``sizes`` member in 6.3.1). Both are
 canonical JSON (``sealed._canon``) with a fixed schema; decoding is strict: unknown or
 missing members, wrong types, out-of-range values and non-canonical encodings are all
 ``MalformedError``.
@@ -17,7 +18,9 @@ from sealed._canon import JsonValue, canonical_json, parse_canonical_json
 from sealed._errors import MalformedError
 
 __all__ = [
+    "MAX_BATCH_IMAGES",
     "MAX_TOP_K",
+    "BitstringSizes",
     "InferenceFailure",
     "InferenceResponse",
     "InferenceResult",
@@ -32,6 +35,8 @@ MAX_LABEL = 65535
 PPM = 1_000_000
 MAX_TIMINGS = 32
 MAX_MESSAGE_CHARS = 256
+MAX_BATCH_IMAGES = 65535
+MAX_SAFE_INTEGER = 2**53 - 1
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _LABEL_NAME = re.compile(r"[ -~]{1,64}")
@@ -70,20 +75,28 @@ class RequestOptions:
     ``top_k``: how many (label, score) pairs the answer lists, 1..100 (default 1).
     ``request_id``: an optional client correlation id, 1..64 of ``[A-Za-z0-9._:-]``,
     echoed in the answer.
+    ``sizes``: ask for the ``sizes`` member in a successful answer (:class:`BitstringSizes`);
+    encoded as ``"sizes":1`` when true and omitted when false (protocol.md 6.2; an enclave
+    older than this member refuses the option as ``malformed``).
     """
 
     top_k: int = 1
     request_id: str | None = None
+    sizes: bool = False
 
     def __post_init__(self) -> None:
         _int(self.top_k, "top_k", 1, MAX_TOP_K)
         if self.request_id is not None:
             _text(self.request_id, "request_id", _REQUEST_ID)
+        if not isinstance(self.sizes, bool):
+            raise MalformedError("sizes is a bool")
 
     def to_json(self) -> dict[str, JsonValue]:
         value: dict[str, JsonValue] = {"top_k": self.top_k}
         if self.request_id is not None:
             value["request_id"] = self.request_id
+        if self.sizes:
+            value["sizes"] = 1
         return value
 
     def to_bytes(self) -> bytes:
@@ -92,11 +105,14 @@ class RequestOptions:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RequestOptions:
-        value = _members(parse_canonical_json(data), "options", {"top_k"}, {"request_id"})
+        value = _members(parse_canonical_json(data), "options", {"top_k"}, {"request_id", "sizes"})
         request_id = value.get("request_id")
+        if "sizes" in value:
+            _int(value["sizes"], "sizes", 1, 1)
         return cls(
             top_k=_int(value["top_k"], "top_k", 1, MAX_TOP_K),
             request_id=None if request_id is None else _text(request_id, "request_id", _REQUEST_ID),
+            sizes="sizes" in value,
         )
 
 
@@ -125,17 +141,90 @@ class ScoredLabel:
 
 
 @dataclass(frozen=True)
+class BitstringSizes:
+    """What the enclave's egress guard sent to cloud inference for the batch that carried
+    this image (protocol.md 6.3.1), the paper's S2:
+
+    ``batch_images``: images in that batch, this one included (1..65535);
+    ``batch_bitstring_bytes``: the bit-string bytes sent for the batch (1..2**53-1): in
+    the batch form the one stream, its header included; in the single form the sum of
+    the per-image strings (the cloud request's framing is not counted);
+    ``bitstring_bytes``: this image's own bit-string, known only in the single form
+    (``None`` in the batch form, where the images share one stream); at most
+    ``batch_bitstring_bytes - (batch_images - 1)``, since every other string of the
+    batch has at least one byte.
+
+    >>> s = BitstringSizes(batch_images=4, batch_bitstring_bytes=42)
+    >>> s.share_bytes, s.per_image_bytes
+    (10.5, 10.5)
+    >>> BitstringSizes(batch_images=2, batch_bitstring_bytes=17, bitstring_bytes=9).per_image_bytes
+    9
+    """
+
+    batch_images: int
+    batch_bitstring_bytes: int
+    bitstring_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        _int(self.batch_images, "sizes.batch_images", 1, MAX_BATCH_IMAGES)
+        _int(self.batch_bitstring_bytes, "sizes.batch_bitstring_bytes", 1, MAX_SAFE_INTEGER)
+        if self.bitstring_bytes is not None:
+            most = self.batch_bitstring_bytes - (self.batch_images - 1)
+            if most < 1:
+                raise MalformedError("sizes: a single-form batch has at least one byte per image")
+            _int(self.bitstring_bytes, "sizes.bitstring_bytes", 1, most)
+
+    @property
+    def share_bytes(self) -> float:
+        """The amortised per-image share: ``batch_bitstring_bytes / batch_images``."""
+        return self.batch_bitstring_bytes / self.batch_images
+
+    @property
+    def per_image_bytes(self) -> int | float:
+        """This image's S2: its own ``bitstring_bytes`` when known, else the share."""
+        return self.bitstring_bytes if self.bitstring_bytes is not None else self.share_bytes
+
+    def to_json(self) -> dict[str, JsonValue]:
+        value: dict[str, JsonValue] = {
+            "batch_bitstring_bytes": self.batch_bitstring_bytes,
+            "batch_images": self.batch_images,
+        }
+        if self.bitstring_bytes is not None:
+            value["bitstring_bytes"] = self.bitstring_bytes
+        return value
+
+    @classmethod
+    def from_json(cls, value: object) -> BitstringSizes:
+        member = _members(
+            value, "sizes", {"batch_images", "batch_bitstring_bytes"}, {"bitstring_bytes"}
+        )
+        own = member.get("bitstring_bytes")
+        return cls(
+            batch_images=_int(member["batch_images"], "sizes.batch_images", 1, MAX_BATCH_IMAGES),
+            batch_bitstring_bytes=_int(
+                member["batch_bitstring_bytes"], "sizes.batch_bitstring_bytes", 1, MAX_SAFE_INTEGER
+            ),
+            bitstring_bytes=(
+                None if own is None else _int(own, "sizes.bitstring_bytes", 1, MAX_SAFE_INTEGER)
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     """A successful answer: the predicted ``label`` and the ``top_k`` list (scores
     non-increasing, distinct labels, the first entry being ``label``), an optional
     human-readable ``label_name``, per-stage ``timings_us`` (name, microseconds) pairs,
-    and the ``request_id`` of the request (filled in by ``seal_response``)."""
+    the ``request_id`` of the request (filled in by ``seal_response``), and the
+    bit-string ``sizes`` (only in answers to requests that asked for them:
+    ``seal_response`` drops them otherwise)."""
 
     label: int
     top_k: tuple[ScoredLabel, ...]
     label_name: str | None = None
     timings_us: tuple[tuple[str, int], ...] = ()
     request_id: str | None = None
+    sizes: BitstringSizes | None = None
 
     def __post_init__(self) -> None:
         _int(self.label, "label", 0, MAX_LABEL)
@@ -161,6 +250,8 @@ class InferenceResult:
         object.__setattr__(self, "timings_us", timings)
         if self.request_id is not None:
             _text(self.request_id, "request_id", _REQUEST_ID)
+        if self.sizes is not None and not isinstance(self.sizes, BitstringSizes):
+            raise MalformedError("sizes is a BitstringSizes")
 
     @property
     def timings(self) -> dict[str, int]:
@@ -202,6 +293,8 @@ def encode_response_body(response: InferenceResponse) -> bytes:
         }
         if response.label_name is not None:
             value["label_name"] = response.label_name
+        if response.sizes is not None:
+            value["sizes"] = response.sizes.to_json()
     else:
         value = {"status": "error", "code": response.code, "message": response.message}
     if response.request_id is not None:
@@ -222,7 +315,7 @@ def decode_response_body(data: bytes) -> InferenceResponse:
             parsed,
             "response",
             {"status", "label", "top_k", "timings_us"},
-            {"label_name", "request_id"},
+            {"label_name", "request_id", "sizes"},
         )
         entries = value["top_k"]
         if not isinstance(entries, list):
@@ -240,6 +333,7 @@ def decode_response_body(data: bytes) -> InferenceResponse:
         if not isinstance(timings, dict):
             raise MalformedError("timings_us is an object")
         label_name = value.get("label_name")
+        sizes = value.get("sizes")
         return InferenceResult(
             label=_int(value["label"], "label", 0, MAX_LABEL),
             top_k=tuple(top_k),
@@ -249,6 +343,7 @@ def decode_response_body(data: bytes) -> InferenceResponse:
                 for name, micros in timings.items()
             ),
             request_id=rid,
+            sizes=None if sizes is None else BitstringSizes.from_json(sizes),
         )
     if status == "error":
         value = _members(parsed, "response", {"status", "code", "message"}, {"request_id"})

@@ -48,6 +48,7 @@ from sealed._errors import (
 from sealed._keys import EnclaveKeyPair, EnclavePublicKey, KeyId
 from sealed._messages import (
     InferenceResponse,
+    InferenceResult,
     RequestOptions,
     decode_response_body,
     encode_response_body,
@@ -294,8 +295,9 @@ def seal_response(
 ) -> bytes:
     """Seal the answer to ``request`` under its response key (fresh random nonce).
 
-    The response's ``request_id`` is set to the request's. The body is padded with zeros
-    to a multiple of ``padding_block`` (capped by ``limits.max_response_bytes``).
+    The response's ``request_id`` is set to the request's; its ``sizes`` are dropped
+    unless the request's options asked for them (protocol.md 6.3.1). The body is padded
+    with zeros to a multiple of ``padding_block`` (capped by ``limits.max_response_bytes``).
     """
     return seal_response_with_nonce(
         request, response, os.urandom(NONCE_SIZE), padding_block=padding_block, limits=limits
@@ -315,7 +317,10 @@ def seal_response_with_nonce(
     block = _padding_block(padding_block)
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"a nonce is {NONCE_SIZE} bytes")
-    body = encode_response_body(replace(response, request_id=request.options.request_id))
+    response = replace(response, request_id=request.options.request_id)
+    if isinstance(response, InferenceResult) and not request.options.sizes:
+        response = replace(response, sizes=None)
+    body = encode_response_body(response)
     overhead = RESPONSE_HEADER_SIZE + 4 + TAG_SIZE
     unpadded = 4 + len(body)
     if overhead + unpadded > limits.max_response_bytes:
@@ -339,7 +344,8 @@ def open_response(
     another: wrong suite); 8. AEAD open under the response key with the bound associated
     data (else ``DecryptionError``); 9. ``body_len`` fits and only zero bytes follow the
     body; 10. the body is a canonical, schema-valid response; 11. its ``request_id`` is
-    the request's.
+    the request's; 12. a success carries ``sizes`` if and only if the request's options
+    asked for them (6.3.1).
     """
     parsed = parse_response(data, limits)
     suite = request.suite
@@ -367,4 +373,9 @@ def open_response(
     response = decode_response_body(plaintext[4 : 4 + body_len])
     if response.request_id != request.options.request_id:
         raise MalformedError("the response's request_id is not the request's")
+    if isinstance(response, InferenceResult):
+        if response.sizes is not None and not request.options.sizes:
+            raise MalformedError("the response carries sizes the request did not ask for")
+        if response.sizes is None and request.options.sizes:
+            raise MalformedError("the response lacks the sizes the request asked for")
     return response

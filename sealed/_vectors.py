@@ -39,7 +39,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sealed._envelope import DEFAULT_LIMITS, Limits, parse_request, request_header_bytes
 from sealed._errors import SealedError
 from sealed._keys import EnclaveKeyPair, _xwing_expand
-from sealed._messages import InferenceFailure, InferenceResult, RequestOptions, ScoredLabel
+from sealed._messages import (
+    BitstringSizes,
+    InferenceFailure,
+    InferenceResult,
+    RequestOptions,
+    ScoredLabel,
+)
 from sealed._protocol import (
     OpenedRequest,
     _parse_request_plaintext,
@@ -191,6 +197,9 @@ _JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000") + _fixed("jpeg
 _REQUEST_CASES: tuple[tuple[str, RequestOptions, int], ...] = (
     ("default-options", RequestOptions(), 1024),
     ("options-unpadded", RequestOptions(top_k=3, request_id="req-0001"), 1),
+    # protocol.md 6.3.1: answers carrying the bit-string sizes (asked for in the options)
+    ("sizes-batch-form", RequestOptions(top_k=2, request_id="req-0002", sizes=True), 256),
+    ("sizes-single-form", RequestOptions(request_id="req-0003", sizes=True), 256),
 )
 
 
@@ -293,6 +302,22 @@ _RESPONSES: dict[str, InferenceResult | InferenceFailure] = {
     ),
     "options-unpadded": InferenceFailure(
         code="invalid-image", message="the JPEG could not be decoded"
+    ),
+    # one stream for 32 images: 261 bytes, 8.16 bytes per image (no own size)
+    "sizes-batch-form": InferenceResult(
+        label=8,
+        top_k=(ScoredLabel(8, 700000), ScoredLabel(0, 150000)),
+        label_name="ship",
+        timings_us=(("open", 175), ("perturb", 2616), ("encode", 550), ("cloud", 1305)),
+        sizes=BitstringSizes(batch_images=32, batch_bitstring_bytes=261),
+    ),
+    # three strings of 9 + 8 + 10 bytes; this image's is the first
+    "sizes-single-form": InferenceResult(
+        label=1,
+        top_k=(ScoredLabel(1, 880000),),
+        label_name="automobile",
+        timings_us=(("open", 170), ("perturb", 2600), ("encode", 560), ("cloud", 1290)),
+        sizes=BitstringSizes(batch_images=3, batch_bitstring_bytes=27, bitstring_bytes=9),
     ),
 }
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sealed import (
     SUITE_MLKEM768_X25519,
     SUITE_X25519,
+    BitstringSizes,
     EnclaveKeyPair,
     EnclavePublicKey,
     InferenceResult,
@@ -141,11 +142,17 @@ def test_arbitrary_jwk(jwk: dict[str, object]) -> None:
     st.integers(1, 100),
     st.none() | st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True),
     st.integers(1, 4096),
+    st.booleans(),
 )
 def test_round_trip_property(
-    pair: EnclaveKeyPair, jpeg: bytes, top_k: int, request_id: str | None, block: int
+    pair: EnclaveKeyPair,
+    jpeg: bytes,
+    top_k: int,
+    request_id: str | None,
+    block: int,
+    sizes: bool,
 ) -> None:
-    options = RequestOptions(top_k=top_k, request_id=request_id)
+    options = RequestOptions(top_k=top_k, request_id=request_id, sizes=sizes)
     sealed = seal_request(pair.public_key, jpeg, options, padding_block=block)
     opened = open_request(sealed.envelope, [X_PAIR, PQ_PAIR])
     assert (opened.jpeg, opened.options, opened.response_key) == (
@@ -153,6 +160,8 @@ def test_round_trip_property(
         options,
         sealed.response_key,
     )
-    result = InferenceResult(label=top_k, top_k=(ScoredLabel(top_k, 1),))
+    given = BitstringSizes(batch_images=top_k, batch_bitstring_bytes=8 * top_k)
+    result = InferenceResult(label=top_k, top_k=(ScoredLabel(top_k, 1),), sizes=given)
     answer = sealed.open_response(opened.seal_response(result))
     assert isinstance(answer, InferenceResult) and answer.label == top_k
+    assert answer.sizes == (given if sizes else None)

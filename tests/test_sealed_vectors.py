@@ -123,7 +123,7 @@ def test_keys(vectors: dict[str, Any]) -> None:
 
 
 def test_request_vectors_open(vectors: dict[str, Any]) -> None:
-    assert len(vectors["requests"]) == 4
+    assert len(vectors["requests"]) == 8
     for entry in vectors["requests"]:
         suite = SUITES[entry["suite"]]
         pair = _pair(vectors, entry["suite"])
@@ -174,7 +174,7 @@ def test_request_vectors_open(vectors: dict[str, Any]) -> None:
 
 def test_response_vectors(vectors: dict[str, Any]) -> None:
     requests = {r["name"]: r for r in vectors["requests"]}
-    assert len(vectors["responses"]) == 4
+    assert len(vectors["responses"]) == 8
     for entry in vectors["responses"]:
         request = requests[entry["request"]]
         suite = SUITES[entry["suite"]]
@@ -203,6 +203,22 @@ def test_response_vectors(vectors: dict[str, Any]) -> None:
         )
     kinds = {type(decode_response_body(e["body"].encode())) for e in vectors["responses"]}
     assert InferenceResult in kinds and len(kinds) == 2
+
+
+def test_sizes_vectors(vectors: dict[str, Any]) -> None:
+    """protocol.md 6.3.1: the requests asking for ``sizes`` get answers carrying them, in
+    the batch form (no own size) and the single form; the other answers carry none."""
+    requests = {r["name"]: r for r in vectors["requests"]}
+    seen = set()
+    for entry in vectors["responses"]:
+        asked = RequestOptions.from_bytes(requests[entry["request"]]["options"].encode()).sizes
+        answer = decode_response_body(entry["body"].encode())
+        if isinstance(answer, InferenceResult):
+            assert (answer.sizes is not None) == asked, entry["name"]
+            if answer.sizes is not None:
+                seen.add(answer.sizes.bitstring_bytes is None)
+        assert ('"sizes":' in entry["body"]) == asked, entry["name"]
+    assert seen == {True, False}
 
 
 def test_invalid_request_vectors(vectors: dict[str, Any]) -> None:

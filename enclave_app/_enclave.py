@@ -20,7 +20,10 @@ sealed request (:meth:`Enclave.handle`), in order:
    (at most what the cloud returned), the label name, and per-stage timings in
    microseconds (``open``, ``decode``, ``queue``, ``perturb``, ``encode``, ``cloud`` (the
    round trip), the cloud's own ``cloud_queue``, ``cloud_entropy_decode``,
-   ``cloud_synthesis``, ``cloud_classify``, and ``total``; batch stages are the batch's).
+   ``cloud_synthesis``, ``cloud_classify``, and ``total``; batch stages are the batch's),
+   and, when the client's options asked for them, the bit-string ``sizes`` of the batch
+   the egress guard sent (protocol.md 6.3.1: its images, its bit-string bytes, and in
+   the single form this image's own string; after a split, the part that was sent).
 
 The attestation-result token is refreshed in the background before it expires (at
 ``refresh_fraction`` of its lifetime before expiry, at least ``refresh_min_margin``
@@ -52,6 +55,7 @@ from enclave_app._boot import Booted, BootError, attest_with_retry
 from enclave_app._egress import EgressDeniedError, EgressGuard, EgressRecord, UpstreamError
 from enclave_app._image import ImageError, decode_jpeg
 from sealed import (
+    BitstringSizes,
     InferenceFailure,
     InferenceResponse,
     InferenceResult,
@@ -86,6 +90,7 @@ class _ItemResult:
     encode_us: int
     cloud_us: int
     batch_size: int
+    sizes: BitstringSizes
     cloud_timings: tuple[tuple[str, int], ...] = ()
 
 
@@ -307,6 +312,7 @@ class Enclave:
                 *item.cloud_timings,
                 ("total", _us(end - start)),
             ),
+            sizes=item.sizes,  # sealed only if the request asked (seal_response drops it)
         )
 
     async def _process_batch(self, items: Sequence[_Item]) -> list[_ItemResult | BaseException]:
@@ -334,6 +340,8 @@ class Enclave:
         except UpstreamError as exc:
             return [exc] * len(items)
         cloud_us = _us(time.perf_counter_ns() - sent)
+        # What the guard sent: it POSTs exactly these strings or refuses the batch.
+        batch_bytes = sum(len(s) for s in encoded.strings)
         cloud_timings = tuple(
             (f"cloud_{name}", int(answer.timings_us[name]))
             for name in _CLOUD_TIMINGS
@@ -347,6 +355,11 @@ class Enclave:
                 encode_us=encoded.encode_us,
                 cloud_us=cloud_us,
                 batch_size=len(items),
+                sizes=BitstringSizes(
+                    batch_images=encoded.count,
+                    batch_bitstring_bytes=batch_bytes,
+                    bitstring_bytes=None if encoded.batch_form else len(encoded.strings[index]),
+                ),
                 cloud_timings=cloud_timings,
             )
             for index, item in enumerate(items)

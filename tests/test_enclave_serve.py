@@ -392,3 +392,148 @@ def test_oversized_image_fails_alone(booted: Booted, stack: es.Stack) -> None:
     codes = [a.code if isinstance(a, InferenceFailure) else "ok" for a in answers]
     assert codes == ["ok", "ok", "egress-denied", "ok"]
     assert sorted(calls) == [1, 1, 2, 2, 4]  # 4 refused; halves: 2 sent, 2 refused; 1 + 1
+
+
+# --- the bit-string sizes of the sealed answer (protocol.md 6.3.1) ---------------------
+
+
+def _sent(request: Any) -> tuple[int, int, tuple[int, ...]]:
+    """(images, bit-string bytes, per-string lengths) of one request the cloud received."""
+    from cloud_infer import ClassifyRequest
+
+    parsed = ClassifyRequest.from_bytes(request.content)
+    lengths = tuple(len(s) for s in parsed.strings)
+    return parsed.count, sum(lengths), lengths
+
+
+def test_sizes_are_what_the_guard_sent(harness: Harness, cloud: es.FakeCloud) -> None:
+    guard = harness.enclave.guard
+    answer = harness.infer(es.jpeg(seed=11), RequestOptions(request_id="s", sizes=True))
+    assert isinstance(answer, InferenceResult) and answer.sizes is not None
+    count, total, lengths = _sent(cloud.requests[-1])
+    assert (answer.sizes.batch_images, answer.sizes.batch_bitstring_bytes) == (count, total)
+    assert len(lengths) == 1 and answer.sizes.bitstring_bytes is None  # batch form: one stream
+    record = guard.audit[-1]
+    assert (record.outcome, record.count, record.payload_bytes) == ("sent", count, total)
+    assert answer.sizes.per_image_bytes == total / count
+
+
+def test_sizes_only_when_asked(harness: Harness, cloud: es.FakeCloud) -> None:
+    answer = harness.infer(es.jpeg(seed=11), RequestOptions(request_id="n"))
+    assert isinstance(answer, InferenceResult) and answer.sizes is None
+    assert cloud.requests  # it was sent all the same
+
+
+def test_sizes_of_concurrent_requests_are_their_batches(
+    harness: Harness, cloud: es.FakeCloud
+) -> None:
+    enclave = harness.enclave
+    key = enclave.key_pair.public_key
+    sealed = [
+        seal_request(key, es.jpeg(seed=100 + i), RequestOptions(request_id=f"b{i}", sizes=True))
+        for i in range(12)
+    ]
+
+    async def all_at_once() -> list[bytes]:
+        return await asyncio.gather(*(enclave.handle(s.envelope) for s in sealed))
+
+    answers = [s.open_response(b) for s, b in zip(sealed, harness.run(all_at_once()), strict=True)]
+    got: list[tuple[int, int]] = []
+    for answer in answers:
+        assert isinstance(answer, InferenceResult) and answer.sizes is not None
+        got.append((answer.sizes.batch_images, answer.sizes.batch_bitstring_bytes))
+    # each batch the cloud received, once per image it carried
+    expected = [(count, total) for count, total, _ in map(_sent, cloud.requests)]
+    assert sorted(got) == sorted(pair for pair in expected for _ in range(pair[0]))
+    assert sum(count for count, _ in expected) == 12
+
+
+def test_sizes_in_the_single_form(booted: Booted, stack: es.Stack) -> None:
+    """One string per image: each answer names its own string, which is the one the
+    cloud received at its position in the batch."""
+    stack.cloud.requests.clear()
+    enclave = Enclave(booted)
+    engine = enclave.engine
+    key = enclave.key_pair.public_key
+    sealed = [
+        seal_request(key, es.jpeg(seed=200 + i), RequestOptions(request_id=f"s{i}", sizes=True))
+        for i in range(5)
+    ]
+
+    async def go() -> list[bytes]:
+        await enclave.start(refresh=False)
+        try:
+            return await asyncio.gather(*(enclave.handle(s.envelope) for s in sealed))
+        finally:
+            await enclave.aclose()
+
+    engine.batch_form = False
+    try:
+        raw = asyncio.run(go())
+    finally:
+        engine.batch_form = True
+    answers = [s.open_response(r) for s, r in zip(sealed, raw, strict=True)]
+    sent = [_sent(r) for r in stack.cloud.requests]
+    assert sum(count for count, _, _ in sent) == 5
+    strings = sorted(length for _, _, lengths in sent for length in lengths)
+    own = []
+    for answer in answers:
+        assert isinstance(answer, InferenceResult) and answer.sizes is not None
+        sizes = answer.sizes
+        assert sizes.bitstring_bytes is not None
+        assert (sizes.batch_images, sizes.batch_bitstring_bytes) in {(c, t) for c, t, _ in sent}
+        assert sizes.per_image_bytes == sizes.bitstring_bytes
+        own.append(sizes.bitstring_bytes)
+    assert sorted(own) == strings
+    assert stack.cloud.check_conforming(enclave.guard.policy) == 5
+    stack.cloud.requests.clear()
+
+
+def test_sizes_after_a_split_are_the_sent_part(booted: Booted, stack: es.Stack) -> None:
+    """A batch refused for its size and split: each answer reports the part that left."""
+    from cloud_infer import ClassifyResponse
+    from cloud_infer import ImageResult as CloudResult
+    from cloud_infer import ScoredLabel as CloudScore
+    from enclave_app import EgressDeniedError, EncodedBatch
+
+    enclave = Enclave(booted)
+    marker = 255
+    sent: list[tuple[int, int]] = []
+
+    def run(images: Any) -> EncodedBatch:
+        # a stream of 3 bytes per image; a white image marks one that is too large
+        flags = b"".join(bytes([int(img.min() == marker)]) * 3 for img in images)
+        return EncodedBatch((flags,), len(images), True, 1, 1)
+
+    async def classify(codec: str, strings: Any, count: int, *, batch_form: bool) -> Any:
+        if 1 in strings[0]:
+            raise EgressDeniedError(["stream too large"], size_only=True)
+        sent.append((count, len(strings[0])))
+        results = tuple(CloudResult(i, (CloudScore(i, 900_000),)) for i in range(count))
+        return ClassifyResponse(es.CODEC_ID, results, {}, "ab" * 48)
+
+    stub = type("StubEngine", (), {"run": staticmethod(run), "codec_id": es.CODEC_ID})
+    enclave.engine = stub()
+    enclave.guard.classify = classify  # type: ignore[method-assign]
+    white = np.full((32, 32, 3), marker, dtype=np.uint8)
+    jpegs = [es.jpeg(seed=1), es.jpeg(seed=2), es.jpeg(white, quality=100), es.jpeg(seed=3)]
+
+    async def go() -> list[Any]:
+        await enclave.start(refresh=False)
+        try:
+            key = enclave.key_pair.public_key
+            sealed = [seal_request(key, j, RequestOptions(sizes=True)) for j in jpegs]
+            raw = await asyncio.gather(*(enclave.handle(s.envelope) for s in sealed))
+            return [s.open_response(r) for s, r in zip(sealed, raw, strict=True)]
+        finally:
+            await enclave.aclose()
+
+    answers = asyncio.run(go())
+    sizes = [
+        (a.sizes.batch_images, a.sizes.batch_bitstring_bytes, a.sizes.bitstring_bytes)
+        if isinstance(a, InferenceResult) and a.sizes is not None
+        else a.code
+        for a in answers
+    ]
+    assert sizes == [(2, 6, None), (2, 6, None), "egress-denied", (1, 3, None)]
+    assert sorted(sent) == [(1, 3), (2, 6)]

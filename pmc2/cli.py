@@ -27,7 +27,7 @@ def _registrars() -> list[Registrar]:
     from cloud_infer import _cli as cloud_cli
     from enclave_app import _cli as enclave_cli
     from gateway import _cli as gateway_cli
-    from pmc2 import _demo
+    from pmc2 import _demo, _up
     from policies import _cli as policy_cli
     from vision import _cli as vision_cli
 
@@ -41,6 +41,7 @@ def _registrars() -> list[Registrar]:
         gateway_cli.register,
         client_cli.register,
         _demo.register,
+        _up.register,
     ]
 
 

@@ -8,12 +8,13 @@
                   [--expect-bundle-digest ALG:HEX ...] [--issuer ISS]
                   [--insecure-simulated-platform] [--fresh-nonce] [--suite HPKE-3|HPKE-9]
                   [--quality 90] [--max-side 512] [--top-k 3] [--api-key KEY]
-                  [--timeout 30] [--json]
+                  [--timeout 30] [--no-sizes] [--json]
 
 URLs default to ``$PMC2_GATEWAY_URL`` / ``$PMC2_ATTESTATION_URL``, else the loopback
 ports of ``pmc2 up`` (8400, 8401); the pin to ``$PMC2_JWKS_PIN`` (comma-separated
 thumbprints). Prints the verified attestation, then per image the label, the bytes sent
-(JPEG and envelope) and the latency breakdown (``--json``: one JSON document).
+(JPEG and envelope: S1; the bit-string the enclave sent to the cloud: S2, unless
+``--no-sizes``) and the latency breakdown (``--json``: one JSON document).
 
 Exit status: 0 every image classified; 2 bad arguments or an unreadable image (nothing
 sent); 3 attestation failed or policy mismatch (nothing sent); 4 a server refused
@@ -146,6 +147,12 @@ def register(sub: Any, bench: Any) -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--api-key", default=os.environ.get("PMC2_API_KEY"))
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP call")
+    p.add_argument(
+        "--no-sizes",
+        action="store_true",
+        help="do not ask the enclave for the bit-string sizes it sent to the cloud "
+        "(needed only for enclaves that predate them: they refuse the option)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(handler=_classify)
 
@@ -209,6 +216,7 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         fresh_nonce=args.fresh_nonce,
         api_key=args.api_key,
         timeout_s=args.timeout,
+        sizes=not args.no_sizes,
     )
 
 
@@ -256,6 +264,11 @@ def _print_attestation(attestation: Attestation) -> None:
     print(f"          {mode}, valid until {attestation.expires_at.isoformat()}")
 
 
+def _decimal(value: float | None) -> str:
+    """At most two decimals, none when whole: ``8.16``, ``9.5``, ``31``."""
+    return "-" if value is None else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
 def _print_result(result: Classification) -> None:
     name = f"{result.label_name} " if result.label_name else ""
     sent = result.bytes_sent
@@ -265,6 +278,19 @@ def _print_result(result: Classification) -> None:
         f"sent JPEG {sent.jpeg} B ({origin}, {result.size[0]}x{result.size[1]}) "
         f"in a {sent.envelope} B envelope"
     )
+    if sent.bitstring_batch is not None and sent.batch_images is not None:
+        n = sent.batch_images
+        batch = f"{n} image{'s' if n != 1 else ''}"
+        if sent.bitstring is not None:
+            print(
+                f"  to the cloud: bit-string {sent.bitstring} B (its own string; "
+                f"{sent.bitstring_batch} B for a batch of {batch})"
+            )
+        else:
+            print(
+                f"  to the cloud: bit-string {_decimal(sent.bitstring_per_image)} B per image "
+                f"(one {sent.bitstring_batch} B stream for {batch})"
+            )
     t = result.timings
     stages = sorted(
         (k for k in t.server_ms if k != "total"),

@@ -35,8 +35,9 @@ I2. ``POST {gateway}/v1/infer`` with the envelope (``application/octet-stream``)
 I3. ``421`` (unknown key: the enclave restarted): attest again, ignoring the cache
     (A2-A5), seal again to the newly attested key and retry once. A second 421, or a
     re-attestation giving the same key: :class:`ServerRefused`.
-I4. ``200 application/octet-stream``: open the sealed answer (bound to this request);
-    a failure to open: :class:`ProtocolError`; a sealed failure (``invalid-image``,
+I4. ``200 application/octet-stream``: open the sealed answer (bound to this request,
+    carrying the bit-string ``sizes`` if and only if they were asked for, protocol.md
+    6.3.1); a failure to open: :class:`ProtocolError`; a sealed failure (``invalid-image``,
     ``upstream-unavailable``, ...): :class:`ServerRefused`; other statuses: the problem
     document as :class:`ServerRefused`, anything else :class:`ProtocolError`.
 """
@@ -131,7 +132,9 @@ class ClientConfig:
     gateway; ``timeout_s``: per HTTP call; ``refresh_margin_s``: re-attest this long
     before the token expires; ``leeway_s``: tolerated clock skew on ``iat``/``exp``;
     ``clock``: the reference time for token checks; ``padding_block``: request
-    padding (protocol.md 6.1).
+    padding (protocol.md 6.1); ``sizes``: ask the enclave for the bit-string sizes of
+    its egress (protocol.md 6.3.1, :class:`BytesSent` ``bitstring*``; an enclave
+    older than that member refuses the option, so set it false to talk to one).
 
     >>> config = ClientConfig(
     ...     gateway_url="http://127.0.0.1:8400", attestation_url="http://127.0.0.1:8401",
@@ -155,6 +158,7 @@ class ClientConfig:
     leeway_s: float = 5.0
     clock: Callable[[], dt.datetime] = field(default=_utcnow, compare=False)
     padding_block: int = DEFAULT_REQUEST_PADDING
+    sizes: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gateway_url", _url(self.gateway_url, "gateway"))
@@ -179,6 +183,8 @@ class ClientConfig:
                 raise ValueError(f"{name} must be a non-negative number")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
+        if not isinstance(self.sizes, bool):
+            raise ValueError("sizes is a bool")
         if self.api_key is not None and not re.fullmatch(r"[\x21-\x7e]{16,256}", self.api_key):
             raise ValueError("an API key is 16..256 printable ASCII characters")
 
@@ -520,7 +526,7 @@ class Core:
                 sealed = seal_request(
                     attestation.public_key,
                     prepared.jpeg,
-                    RequestOptions(top_k=config.top_k, request_id=request_id),
+                    RequestOptions(top_k=config.top_k, request_id=request_id, sizes=config.sizes),
                     padding_block=config.padding_block,
                 )
             except OversizedError as exc:
@@ -573,6 +579,7 @@ class Core:
             open_ms = _ms(start)
             if isinstance(answer, InferenceFailure):
                 raise ServerRefused("the enclave", 200, answer.code, answer.message)
+            sizes = answer.sizes  # present iff asked (sealed.open_response checks it)
             return Classification(
                 source=prepared.source,
                 label=answer.label,
@@ -583,6 +590,9 @@ class Core:
                     envelope=len(sealed.envelope),
                     response=len(reply.content),
                     reencoded=prepared.reencoded,
+                    bitstring=None if sizes is None else sizes.bitstring_bytes,
+                    bitstring_batch=None if sizes is None else sizes.batch_bitstring_bytes,
+                    batch_images=None if sizes is None else sizes.batch_images,
                 ),
                 timings=Timings(
                     jpeg_ms=jpeg_ms,

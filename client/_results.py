@@ -1,5 +1,6 @@
 """What :meth:`Client.classify` returns per image: the label and scores, the bytes sent
-(the paper's S1: the JPEG; and the sealed envelope actually on the wire) and the
+(the paper's S1: the JPEG; the sealed envelope actually on the wire; and the paper's
+S2: the neural bit-string the enclave sent to the cloud, from the sealed answer) and the
 latency breakdown (the paper's Figure 4 stages as the client sees them, plus the
 enclave's own stage timings from the sealed answer).
 
@@ -7,14 +8,15 @@ enclave's own stage timings from the sealed answer).
 >>> c = Classification(
 ...     source="cat.jpg", label=3, label_name="cat",
 ...     scores=(ScoredLabel(3, 912_345), ScoredLabel(5, 40_000)),
-...     bytes_sent=BytesSent(jpeg=1848, envelope=3120, response=280, reencoded=False),
+...     bytes_sent=BytesSent(jpeg=1848, envelope=3120, response=280, reencoded=False,
+...                          bitstring_batch=261, batch_images=32),
 ...     timings=Timings(jpeg_ms=0.4, seal_ms=0.1, round_trip_ms=7.0, open_ms=0.05,
 ...                     server_ms={"perturb": 2.6, "encode": 0.55, "cloud": 1.3}),
 ...     key_id="8b9b50288b5b4aa64dfabb7355f3bc0c", request_id="r-1", size=(32, 32))
 >>> round(c.score, 4), c.timings.total_ms
 (0.9123, 7.55)
->>> c.to_dict()["bytes_sent"]["jpeg"]
-1848
+>>> c.to_dict()["bytes_sent"]["jpeg"], c.bytes_sent.bitstring_per_image
+(1848, 8.15625)
 """
 
 from __future__ import annotations
@@ -34,12 +36,50 @@ class BytesSent:
     payload), ``envelope`` the sealed request on the wire (JPEG + options + response
     key + padding + HPKE framing), ``response`` the sealed answer received;
     ``reencoded``: whether the client encoded the JPEG (``False``: the caller's JPEG
-    was sent unchanged)."""
+    was sent unchanged).
+
+    The enclave's egress to the cloud for this image (the paper's S2; protocol.md
+    6.3.1, ``None`` when not asked for: ``ClientConfig(sizes=False)``): the enclave
+    batches concurrent requests and sent ``bitstring_batch`` bit-string bytes for the
+    ``batch_images`` images of this image's batch; ``bitstring`` is this image's own
+    bit-string, known only when the enclave sends one string per image (single form;
+    ``None`` in the batch form, where the images share one stream).
+    :attr:`bitstring_batch_share` is the amortised share, :attr:`bitstring_per_image`
+    this image's S2 (its own string when known, else the share).
+    """
 
     jpeg: int
     envelope: int
     response: int
     reencoded: bool
+    bitstring: int | None = None
+    bitstring_batch: int | None = None
+    batch_images: int | None = None
+
+    @property
+    def bitstring_batch_share(self) -> float | None:
+        """``bitstring_batch / batch_images`` (``None`` without sizes)."""
+        if self.bitstring_batch is None or not self.batch_images:
+            return None
+        return self.bitstring_batch / self.batch_images
+
+    @property
+    def bitstring_per_image(self) -> float | None:
+        """The paper's S2 for this image: ``bitstring`` when known, else the share."""
+        return float(self.bitstring) if self.bitstring is not None else self.bitstring_batch_share
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jpeg": self.jpeg,
+            "envelope": self.envelope,
+            "response": self.response,
+            "reencoded": self.reencoded,
+            "bitstring": self.bitstring,
+            "bitstring_batch": self.bitstring_batch,
+            "batch_images": self.batch_images,
+            "bitstring_batch_share": self.bitstring_batch_share,
+            "bitstring_per_image": self.bitstring_per_image,
+        }
 
 
 @dataclass(frozen=True)
@@ -108,12 +148,7 @@ class Classification:
             "label": self.label,
             "label_name": self.label_name,
             "scores": [{"label": s.label, "score": s.score} for s in self.scores],
-            "bytes_sent": {
-                "jpeg": self.bytes_sent.jpeg,
-                "envelope": self.bytes_sent.envelope,
-                "response": self.bytes_sent.response,
-                "reencoded": self.bytes_sent.reencoded,
-            },
+            "bytes_sent": self.bytes_sent.to_dict(),
             "timings": self.timings.to_dict(),
             "key_id": self.key_id,
             "request_id": self.request_id,

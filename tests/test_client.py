@@ -61,6 +61,7 @@ from gateway import GatewayConfig, RateLimit
 from gateway import create_app as gateway_app
 from sealed import (
     SUITE_MLKEM768_X25519,
+    BitstringSizes,
     EnclaveKeyPair,
     InferenceResult,
     ScoredLabel,
@@ -868,7 +869,12 @@ def test_post_quantum_suite(harness: Harness) -> None:
 
     async def infer(request: Request) -> Response:
         opened = open_request(await request.body(), pair)
-        answer = InferenceResult(label=7, top_k=(ScoredLabel(7, 800_000),), label_name="horse")
+        answer = InferenceResult(
+            label=7,
+            top_k=(ScoredLabel(7, 800_000),),
+            label_name="horse",
+            sizes=BitstringSizes(batch_images=2, batch_bitstring_bytes=19, bitstring_bytes=9),
+        )
         return Response(opened.seal_response(answer), media_type="application/octet-stream")
 
     replica = Starlette(
@@ -883,6 +889,9 @@ def test_post_quantum_suite(harness: Harness) -> None:
         assert c.attestation is not None and c.attestation.suite.name == "HPKE-9"
     assert (result.label, result.label_name, result.key_id) == (7, "horse", pair.key_id.hex)
     assert result.bytes_sent.envelope > 1120  # the X-Wing encapsulated key
+    sent = result.bytes_sent
+    assert (sent.bitstring, sent.bitstring_batch, sent.batch_images) == (9, 19, 2)
+    assert (sent.bitstring_per_image, sent.bitstring_batch_share) == (9.0, 9.5)
     with (
         sync_client(harness, Recorder(apps)) as default,
         pytest.raises(PolicyMismatch, match=r"expected one of \[HPKE-3\].*HPKE-9"),

@@ -100,6 +100,9 @@ PMC2_STAGES = (
     "answer",
     "total",
 )
+PMC2_AMORTIZED = ("perturb_per_image", "encode_per_image", "enclave_batch")
+"""Not stages: the batch's perturb and encode times divided by its images, and the
+enclave batch size (from the sealed answer's ``sizes``)."""
 BASELINE_STAGES = (
     "client_perturb",
     "client_png",
@@ -132,9 +135,9 @@ class _Samples:
     correct: int = 0
     labelled: int = 0
     failures: dict[str, int] = field(default_factory=dict)
-    bytes: dict[str, list[int]] = field(default_factory=dict)
+    bytes: dict[str, list[float]] = field(default_factory=dict)
 
-    def add(self, stages: dict[str, float], sizes: dict[str, int]) -> None:
+    def add(self, stages: dict[str, float], sizes: dict[str, float]) -> None:
         for name, value in stages.items():
             self.stages.setdefault(name, []).append(value)
         for name, size in sizes.items():
@@ -174,7 +177,7 @@ class _Samples:
 
 def load_images(cifar10: Path | None, count: int) -> tuple[Any, Any, str]:
     """``count`` CIFAR-10 evaluation images (uint8 N x 32 x 32 x 3) and labels, drawn
-    with a fixed seed from the evaluation half; synthetic smooth images (labels
+    with a fixed seed from the evaluation half, in random order; synthetic smooth images (labels
     ``None``) when the dataset is missing. Returns (images, labels, note)."""
     import numpy as np
 
@@ -183,7 +186,9 @@ def load_images(cifar10: Path | None, count: int) -> tuple[Any, Any, str]:
 
         cache = Path(os.environ.get("PMC2_CACHE") or Path(".cache") / "cifar10")
         _, evaluation = split_test(load_cifar10(cifar10, "test", cache))
-        index = np.sort(np.random.default_rng(0).permutation(len(evaluation))[:count])
+        # a fixed random draw in random order (the halves are ordered by class, so the
+        # single requests, a prefix, would otherwise see one or two classes only)
+        index = np.random.default_rng(0).permutation(len(evaluation))[:count]
         subset = evaluation.subset(index.astype(np.int64))
         return subset.images, subset.labels, f"CIFAR-10 evaluation half ({cifar10})"
     from PIL import Image
@@ -262,7 +267,7 @@ class _Pmc2Client:
         t0 = time.perf_counter()
         jpeg = _jpeg(image, self.quality)
         t1 = time.perf_counter()
-        sealed = seal_request(self.key, jpeg, RequestOptions(top_k=1))
+        sealed = seal_request(self.key, jpeg, RequestOptions(top_k=1, sizes=True))
         t2 = time.perf_counter()
         response = await self.http.post(
             self.url,
@@ -300,7 +305,15 @@ class _Pmc2Client:
             "answer": (t4 - t3) * 1e3,
             "total": (t4 - t0) * 1e3,
         }
-        out.add(stages, {"jpeg": len(jpeg), "envelope": len(sealed.envelope)})
+        sizes: dict[str, float] = {"jpeg": len(jpeg), "envelope": len(sealed.envelope)}
+        if answer.sizes is not None:
+            batch = answer.sizes.batch_images
+            # the batch's model time shared by its images (the paper's per-image figures)
+            stages["perturb_per_image"] = s["perturb"] / batch
+            stages["encode_per_image"] = s["encode"] / batch
+            stages["enclave_batch"] = float(batch)
+            sizes["bitstring"] = answer.sizes.share_bytes
+        out.add(stages, sizes)
         out.score(label, answer.label)
 
 
@@ -463,7 +476,7 @@ async def run_latency(
             images,
             labels,
             config,
-            PMC2_STAGES,
+            PMC2_STAGES + PMC2_AMORTIZED,
             name="PMC2",
             counters=counters,
             progress=progress,
@@ -510,6 +523,52 @@ def _fmt(value: float | None, width: int = 9) -> str:
     return f"{value:{width}.3f}" if value is not None else " " * (width - 1) + "-"
 
 
+def _side_by_side(doc: dict[str, Any]) -> list[str]:
+    """This run's per-image figures at the largest client count beside the paper's."""
+    paper = doc["paper"]
+    pmc2 = doc.get("pmc2")
+    base = doc.get("baseline")
+    if pmc2 is None or not pmc2["load"]:
+        return []
+    top = pmc2["load"][-1]
+    stages = top["stages_ms"]
+
+    def mean(name: str) -> float | None:
+        value = stages.get(name, {}).get("mean")
+        return float(value) if value is not None else None
+
+    decode = mean("decode")
+    batch = top.get("cloud_mean_batch")
+    size = pmc2["single"]["bytes_per_image"]
+    base_size = base["single"]["bytes_per_image"] if base else {}
+    e2e = paper["end_to_end_ms_per_image"]
+    b2e = paper["baseline_ms_per_image"]
+    rows = [
+        ("generator ms/image", mean("perturb_per_image"), f"{paper['generator_ms_per_image']}"),
+        ("encode ms/image", mean("encode_per_image"), f"{paper['compress_ms_per_image']}"),
+        (
+            "decode ms/image",
+            decode / batch if decode is not None and batch else None,
+            f"{paper['decompress_ms_per_image']}",
+        ),
+        ("end to end ms/image", top["ms_per_image"], f"{e2e[0]}-{e2e[1]}"),
+        (
+            "baseline ms/image",
+            base["load"][-1]["ms_per_image"] if base and base["load"] else None,
+            f"{b2e[0]}-{b2e[1]}",
+        ),
+        ("JPEG bytes/image", size.get("jpeg"), f"{paper['bytes_per_image']['jpeg_444']}"),
+        ("bit-string B/image", size.get("bitstring"), f"{paper['bytes_per_image']['bitstring']}"),
+        ("PNG bytes/image", base_size.get("png"), f"{paper['bytes_per_image']['png']}"),
+    ]
+    out = [
+        f"side by side: this run at {top['clients']} clients (batch stages shared by the "
+        f"batch's images) | paper ({paper['setting']})"
+    ]
+    out += [f"  {name:<22}{_fmt(value, 10)}  | {theirs}" for name, value, theirs in rows]
+    return out
+
+
 def format_report(doc: dict[str, Any]) -> str:
     lines = [
         "",
@@ -519,7 +578,10 @@ def format_report(doc: dict[str, Any]) -> str:
         f"machine: {doc['machine']['cpus']} CPUs, cloud on {doc['machine']['cloud_device']}; "
         "all services, clients and the baseline share it",
     ]
-    for system, order in (("pmc2", PMC2_STAGES), ("baseline", BASELINE_STAGES)):
+    for system, order in (
+        ("pmc2", PMC2_STAGES + PMC2_AMORTIZED),
+        ("baseline", BASELINE_STAGES),
+    ):
         part = doc.get(system)
         if part is None:
             continue
@@ -570,16 +632,7 @@ def format_report(doc: dict[str, Any]) -> str:
             + (f"; accuracy {accuracy:.2%}" if accuracy is not None else "")
             + (f"; FAILURES {failures}" if failures else "")
         )
-    paper = doc["paper"]
-    lines += [
-        "",
-        f"paper ({paper['setting']}): generator {paper['generator_ms_per_image']} ms/image, "
-        f"compress {paper['compress_ms_per_image']} / decompress "
-        f"{paper['decompress_ms_per_image']} ms/image; end to end "
-        f"{paper['end_to_end_ms_per_image'][0]}-{paper['end_to_end_ms_per_image'][1]} ms/image "
-        f"vs baseline {paper['baseline_ms_per_image'][0]}-{paper['baseline_ms_per_image'][1]}; "
-        f"bytes {paper['bytes_per_image']}",
-    ]
+    lines += ["", *_side_by_side(doc)]
     return "\n".join(lines)
 
 
@@ -609,6 +662,12 @@ def register(bench: argparse._SubParsersAction[Any]) -> None:
         "--cifar10", type=Path, default=DEFAULT_CIFAR10, help=f"dataset ({DEFAULT_CIFAR10})"
     )
     p.add_argument("--no-baseline", action="store_true", help="measure PMC2 only")
+    p.add_argument(
+        "--client-threads",
+        type=int,
+        default=1,
+        help="torch threads of the baseline client's generator (1: one phone's worth)",
+    )
     add_stack_args(p, port_base=8410)
     p.set_defaults(handler=_run)
     add_serve_parser(bench)
@@ -648,6 +707,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.images < 1 or args.single < 0 or any(c < 1 for c in args.clients):
         print("pmc2 bench latency: --images, --clients >= 1, --single >= 0", file=sys.stderr)
         return 2
+    if args.client_threads < 1:
+        print("pmc2 bench latency: --client-threads >= 1", file=sys.stderr)
+        return 2
+    # five compute processes share the machine (enclave, cloud, baseline cloud, the
+    # clients, the baseline's generator): by default each gets a quarter of the CPUs, so
+    # that torch's spinning worker threads do not oversubscribe a small machine
+    share = max(1, (os.cpu_count() or 1) // 4)
+    args.cloud_threads = args.cloud_threads or share
+    args.enclave_threads = args.enclave_threads or share
 
     def progress(line: str) -> None:
         print(f"pmc2 bench latency: {line}", file=sys.stderr, flush=True)
@@ -677,6 +745,7 @@ def _run(args: argparse.Namespace) -> int:
             perturb = baseline_url = None
             if config.baseline:
                 port = args.port_base + 4
+                threads = ["--threads", str(options.cloud_threads)] * bool(options.cloud_threads)
                 stack.start_extra(
                     "baseline-cloud",
                     port,
@@ -693,9 +762,13 @@ def _run(args: argparse.Namespace) -> int:
                         options.host,
                         "--port",
                         str(port),
+                        *threads,
                     ],
                 )
                 baseline_url = stack.url("baseline-cloud")
+                import torch
+
+                torch.set_num_threads(args.client_threads)
                 perturb = make_perturb(
                     options.bundle_dir, deployment.bundle_digest.removeprefix("sha384:")
                 )
@@ -736,7 +809,9 @@ def _run(args: argparse.Namespace) -> int:
             "cpus": os.cpu_count(),
             "client_torch_threads": torch.get_num_threads(),
             "cloud_device": options.cloud_device,
-            "load_average": list(os.getloadavg()),
+            "cloud_threads": options.cloud_threads,
+            "enclave_threads": options.enclave_threads,
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         },
         "stack": {
             "enclave_max_batch": options.enclave_max_batch,

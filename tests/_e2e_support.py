@@ -58,7 +58,8 @@ class RecordingSleep:
 def in_process_stack(state: Path, **overrides: Any) -> DevStack:
     """A started in-process stack on free ports with the tiny bundle."""
     state.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(platform_template(), state / "platform")
+    if not (state / "platform").exists():
+        shutil.copytree(platform_template(), state / "platform")
     values: dict[str, Any] = {
         "state_dir": state,
         "bundle_dir": tiny_bundle(),

@@ -20,6 +20,7 @@ from pmc2._baseline_cloud import PNG_PATH, create_baseline_app
 from pmc2._bench_latency import (
     BASELINE_STAGES,
     PAPER,
+    PMC2_AMORTIZED,
     PMC2_STAGES,
     LatencyConfig,
     format_report,
@@ -61,7 +62,10 @@ def test_run_latency_measures_both_systems(stack: DevStack, tmp_path: Path) -> N
             baseline_url=stack.url("baseline-cloud"),
         )
     )
-    for system, order in (("pmc2", PMC2_STAGES), ("baseline", BASELINE_STAGES)):
+    for system, order in (
+        ("pmc2", PMC2_STAGES + PMC2_AMORTIZED),
+        ("baseline", BASELINE_STAGES),
+    ):
         part = result[system]
         assert part["single"]["failures"] == {}
         assert set(part["single"]["stages_ms"]) == set(order)
@@ -72,7 +76,10 @@ def test_run_latency_measures_both_systems(stack: DevStack, tmp_path: Path) -> N
     # the stages add up to the client's total (means of per-request identities)
     parts = sum(single[s]["mean"] for s in PMC2_STAGES if s != "total")
     assert parts == pytest.approx(single["total"]["mean"], rel=0.02, abs=0.05)
-    assert result["pmc2"]["single"]["bytes_per_image"]["envelope"] >= 1024  # padded
+    sizes = result["pmc2"]["single"]["bytes_per_image"]
+    assert sizes["envelope"] >= 1024  # padded
+    assert 0 < sizes["bitstring"] <= 128  # what the egress guard sent, per image
+    assert single["enclave_batch"]["mean"] == 1.0  # sequential requests: batches of one
     load = result["pmc2"]["load"][-1]
     assert load["enclave_mean_batch"] >= 1 and 0 < load["bitstring_bytes_per_image"] <= 128
     doc: dict[str, Any] = {

@@ -256,12 +256,11 @@ def _ratio(after: dict[str, float], before: dict[str, float], num: str, den: str
 class _Pmc2Client:
     """One image the PMC2 way: JPEG, seal, post through the gateway, open the answer."""
 
-    http: Any
     url: str
     key: Any  # the attested sealed.EnclavePublicKey
     quality: int
 
-    async def request(self, image: Any, label: int | None, out: _Samples) -> None:
+    async def request(self, http: Any, image: Any, label: int | None, out: _Samples) -> None:
         from sealed import InferenceResult, RequestOptions, seal_request
 
         t0 = time.perf_counter()
@@ -269,7 +268,7 @@ class _Pmc2Client:
         t1 = time.perf_counter()
         sealed = seal_request(self.key, jpeg, RequestOptions(top_k=1, sizes=True))
         t2 = time.perf_counter()
-        response = await self.http.post(
+        response = await http.post(
             self.url,
             content=sealed.envelope,
             headers={"Content-Type": "application/octet-stream"},
@@ -321,21 +320,18 @@ class _Pmc2Client:
 class _BaselineClient:
     """One image the baseline's way: perturb on the client, PNG, post to the cloud."""
 
-    http: Any
     url: str
     perturb: Callable[[Any], Any]
     pool: ThreadPoolExecutor  # the client's own compute: one image at a time
 
-    async def request(self, image: Any, label: int | None, out: _Samples) -> None:
+    async def request(self, http: Any, image: Any, label: int | None, out: _Samples) -> None:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         perturbed = await loop.run_in_executor(self.pool, self.perturb, image)
         t1 = time.perf_counter()
         png = _png(perturbed)
         t2 = time.perf_counter()
-        response = await self.http.post(
-            self.url, content=png, headers={"Content-Type": "image/png"}
-        )
+        response = await http.post(self.url, content=png, headers={"Content-Type": "image/png"})
         t3 = time.perf_counter()
         if response.status_code != 200:
             out.fail(f"http-{response.status_code}")
@@ -358,23 +354,28 @@ class _BaselineClient:
 
 
 class _System(Protocol):
-    async def request(self, image: Any, label: int | None, out: _Samples) -> None: ...
+    async def request(self, http: Any, image: Any, label: int | None, out: _Samples) -> None: ...
 
 
 async def _drive(
     system: _System, images: Any, labels: Any, count: int, *, clients: int, out: _Samples
 ) -> tuple[float, list[BaseException]]:
-    """``count`` requests by ``clients`` concurrent workers; (seconds, errors)."""
+    """``count`` requests by ``clients`` concurrent clients, each with its own HTTP
+    connection, sending its share one image after the other; (seconds, errors)."""
+    import httpx
+
     errors: list[BaseException] = []
     n = len(images)
 
     async def worker(first: int) -> None:
-        for i in range(first, count, clients):
-            label = None if labels is None else int(labels[i % n])
-            try:
-                await system.request(images[i % n], label, out)
-            except Exception as exc:  # counted and reported; the run goes on
-                errors.append(exc)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
+            for i in range(first, count, clients):
+                label = None if labels is None else int(labels[i % n])
+                try:
+                    await system.request(http, images[i % n], label, out)
+                except Exception as exc:  # counted and reported; the run goes on
+                    errors.append(exc)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(min(clients, count))))
@@ -433,6 +434,7 @@ async def _measure(
             "failures": samples.failures | _error_counts(errors),
             "accuracy": samples.accuracy(),
             "stages_ms": samples.summary(order),
+            "bytes_per_image": samples.mean_bytes(),
         }
         if counters is not None and before is not None:
             after = await counters()
@@ -463,14 +465,13 @@ async def run_latency(
     started :class:`pmc2._stack.DevStack`; ``key`` is the attested enclave key."""
     import httpx
 
-    limits = httpx.Limits(max_connections=max(config.clients) + 8, max_keepalive_connections=128)
     result: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=30.0) as http:
 
         async def counters() -> dict[str, float]:
             return await _counters(http, stack)
 
-        pmc2 = _Pmc2Client(http, stack.gateway_url + "/v1/infer", key, config.jpeg_quality)
+        pmc2 = _Pmc2Client(stack.gateway_url + "/v1/infer", key, config.jpeg_quality)
         result["pmc2"] = await _measure(
             pmc2,
             images,
@@ -483,7 +484,7 @@ async def run_latency(
         )
         if perturb is not None and baseline_url is not None and config.baseline:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="client-gen") as pool:
-                base = _BaselineClient(http, baseline_url + PNG_PATH, perturb, pool)
+                base = _BaselineClient(baseline_url + PNG_PATH, perturb, pool)
                 result["baseline"] = await _measure(
                     base,
                     images,
@@ -539,7 +540,7 @@ def _side_by_side(doc: dict[str, Any]) -> list[str]:
 
     decode = mean("decode")
     batch = top.get("cloud_mean_batch")
-    size = pmc2["single"]["bytes_per_image"]
+    size = top.get("bytes_per_image") or pmc2["single"]["bytes_per_image"]
     base_size = base["single"]["bytes_per_image"] if base else {}
     e2e = paper["end_to_end_ms_per_image"]
     b2e = paper["baseline_ms_per_image"]
@@ -622,13 +623,9 @@ def format_report(doc: dict[str, Any]) -> str:
         accuracy = part["single"]["accuracy"]
         failures = {k: v for r in loads for k, v in r["failures"].items()}
         failures.update(part["single"]["failures"])
+        sizes = ", ".join(f"{k} {v:.1f}" for k, v in part["single"]["bytes_per_image"].items())
         lines.append(
-            f"  bytes/image {part['single']['bytes_per_image']}"
-            + (
-                f", bit-string {loads[-1]['bitstring_bytes_per_image']} B"
-                if system == "pmc2" and loads
-                else ""
-            )
+            f"  bytes/image (single): {sizes}"
             + (f"; accuracy {accuracy:.2%}" if accuracy is not None else "")
             + (f"; FAILURES {failures}" if failures else "")
         )

@@ -321,12 +321,15 @@ def _mkdir_private(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _tail(path: Path, lines: int = 25) -> str:
+def _tail(path: Path, offset: int = 0, lines: int = 25) -> str:
+    """The last ``lines`` lines written to ``path`` after ``offset`` (this run's)."""
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
     except OSError:
         return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(text.splitlines()[-lines:]) or "(nothing logged)"
 
 
 def _b64url_thumbprints(jwks: Mapping[str, Any]) -> tuple[str, ...]:
@@ -389,11 +392,13 @@ class _ProcessService:
         self.argv = argv
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
+        self._offset = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.log_path.open("ab") as log:
+            self._offset = log.tell()
             log.write(f"\n--- {dt.datetime.now(dt.UTC).isoformat()} pmc2 {self.argv}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -432,7 +437,7 @@ class _ProcessService:
         code = None if self._proc is None else self._proc.poll()
         return (
             f"the {self.name} process exited with status {code}; "
-            f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+            f"last lines of {self.log_path}:\n{_tail(self.log_path, self._offset)}"
         )
 
 

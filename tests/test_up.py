@@ -118,6 +118,28 @@ def test_pmc2_up_starts_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     check_ports_free("127.0.0.1", dict(zip("gace", ports, strict=True)))  # all released
 
 
+def test_pmc2_up_reports_a_service_that_fails_to_start(tmp_path: Path) -> None:
+    require_debian_ovmf()
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copytree(e2e.platform_template(), state / "platform")
+    ports = free_ports(4)
+    # a batch larger than the egress policy's images per second: the enclave's boot
+    # step 1 refuses the configuration
+    result = subprocess.run(
+        _up(state, ports, "--bundle", str(e2e.tiny_bundle()), "--max-batch", "6000", "--quiet"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "enclave did not start" in result.stderr
+    assert "boot step 1 (check the launch configuration) failed" in result.stderr
+    check_ports_free("127.0.0.1", dict(zip("gace", ports, strict=True)))  # nothing left
+
+
 def test_pmc2_up_refuses_a_taken_port(tmp_path: Path) -> None:
     ports = free_ports(4)
     with socket.socket() as taken:

@@ -22,6 +22,7 @@ from PIL import Image
 from attestation import verify_attestation_token
 from pmc2._stack import DevStack, Ports, StackOptions, free_ports, write_tiny_bundle
 from sealed import EnclavePublicKey, InferenceResponse, RequestOptions, seal_request
+from tests._ovmf import require_debian_ovmf
 
 
 @functools.cache
@@ -56,7 +57,9 @@ class RecordingSleep:
 
 
 def in_process_stack(state: Path, **overrides: Any) -> DevStack:
-    """A started in-process stack on free ports with the tiny bundle."""
+    """A started in-process stack on free ports with the tiny bundle (Debian's OVMF is
+    measured: required under CI, skipped without it elsewhere)."""
+    require_debian_ovmf()
     state.mkdir(parents=True, exist_ok=True)
     if not (state / "platform").exists():
         shutil.copytree(platform_template(), state / "platform")

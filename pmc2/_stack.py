@@ -332,7 +332,7 @@ def _tail(path: Path, offset: int = 0, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(nothing logged)"
 
 
-def _b64url_thumbprints(jwks: Mapping[str, Any]) -> tuple[str, ...]:
+def _jwks_thumbprints(jwks: Mapping[str, Any]) -> tuple[str, ...]:
     from client import jwk_thumbprint
 
     keys = jwks.get("keys")
@@ -727,7 +727,7 @@ class DevStack:
             response = http.get(self.attestation_url + "/.well-known/jwks.json")
             response.raise_for_status()
             jwks = response.json()
-        thumbprints = _b64url_thumbprints(jwks)
+        thumbprints = _jwks_thumbprints(jwks)
         paths.jwks.write_text(json.dumps(jwks, indent=2, sort_keys=True) + "\n")
         return Deployment(
             measurement=measurement,

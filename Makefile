@@ -37,8 +37,9 @@ pytest: setup sysdeps
 
 test: lint typecheck pytest
 
+# make demo IMAGES=dir classifies your own photos instead of the sample photos.
 demo: setup sysdeps
-	$(VENV)/bin/pmc2 demo
+	$(VENV)/bin/pmc2 demo $(if $(IMAGES),--images "$(IMAGES)")
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,167 +1,205 @@
-"""``pmc2 demo``: the main job on embedded defaults.
+"""``pmc2 demo``: the whole system on embedded defaults, offline.
 
-Until the whole confidential pipeline exists, the demo walks the trust bootstrap that
-does exist, end to end and offline:
+1. ``pmc2 up`` in-process terms: the attestation service trusting the simulated SEV-SNP
+   platform, the operator's registration of the enclave's measurement and launch
+   configuration through the admin API, cloud inference, the enclave app and the gateway,
+   each a child process on free loopback ports (``pmc2._stack.DevStack``).
+2. A client built with the SDK (``client.Client``) pinned to the attestation service's
+   keys and expecting the registered measurement, launch configuration and egress
+   policy: it attests, then sends each photo (JPEG 4:4:4, sealed with HPKE) through the
+   gateway.
+3. A table per photo: label, S1 bytes (the client's JPEG), S2 bytes (the neural
+   bit-string the enclave sent to the cloud), and the latency of each stage.
+4. The stack is stopped.
 
-1. the operator computes the enclave's expected launch measurement from its firmware
-   (Debian's OVMF) with ``sev-snp-measure`` and registers it as a reference value;
-2. a simulated SEV-SNP platform launches the enclave with HOST_DATA = the digest of the
-   default launch configuration, and the guest obtains a report bound to a fresh nonce;
-3. the verifier proves the report authentic against the simulated root, trusted
-   explicitly, and appraises it with the shipped default appraisal policy;
-4. negative cases: the same report under AMD's pinned roots, a debug guest, a stale
-   nonce, and (when ``../shared`` is present) AMD's real Milan report under a policy
-   that forbids debug.
+Photos: scikit-image's sample photos (a package that ships them), or ``--images DIR``
+(``make demo IMAGES=dir``). ``--trust-only`` instead walks the trust bootstrap step by
+step (``pmc2._trust_demo``).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import secrets
+import importlib.util
 import tempfile
-import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register"]
+from pmc2._trust_demo import add_trust_args, run_trust_demo
 
-DEFAULT_OVMF = Path("/usr/share/OVMF/OVMF_CODE.fd")
-SHARED_MILAN = Path("..") / "shared" / "testvectors" / "sev-snp" / "go-sev-guest-milan"
-# Until the model bundle is built, the launch configuration's bundle digest is a
-# recognisable placeholder (the enclave app fills in the real manifest digest).
-PLACEHOLDER_BUNDLE = "sha256:" + "00" * 32
+__all__ = ["register", "sample_photos"]
 
-
-def _step(title: str) -> None:
-    print(f"\n== {title}")
+# scikit-image's sample photos that show something a CIFAR-10 model knows.
+SAMPLE_PHOTOS = ("chelsea.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
-def _timed(label: str, fn: Callable[[], Any]) -> Any:
-    start = time.perf_counter()
-    out = fn()
-    print(f"   {label}: {1000 * (time.perf_counter() - start):.1f} ms")
-    return out
+def sample_photos() -> list[Path]:
+    """The sample photos shipped by scikit-image (found without importing it)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scikit-image is not installed: pass --images DIR")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    photos = [data / name for name in SAMPLE_PHOTOS if (data / name).is_file()]
+    if not photos:
+        raise FileNotFoundError(f"no sample photos in {data}: pass --images DIR")
+    return photos
+
+
+def _images(directory: str | None) -> list[Path]:
+    if directory is None:
+        return sample_photos()
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--images {root}: not a directory")
+    found = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise FileNotFoundError(f"--images {root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _table(results: list[Any]) -> str:
+    head = (
+        "image",
+        "label",
+        "score",
+        "S1 B",
+        "S2 B",
+        "jpeg",
+        "seal",
+        "rtt",
+        "open",
+        "perturb",
+        "encode",
+        "cloud",
+        "total ms",
+    )
+    rows = [head]
+    for r in results:
+        server = r.timings.server_ms
+        s2 = r.bytes_sent.bitstring_per_image
+        rows.append(
+            (
+                Path(r.source).name[:24],
+                r.label_name or str(r.label),
+                f"{r.score:.2f}",
+                str(r.bytes_sent.jpeg),
+                "-" if s2 is None else f"{s2:.1f}",
+                _ms(r.timings.jpeg_ms),
+                _ms(r.timings.seal_ms),
+                _ms(r.timings.round_trip_ms),
+                _ms(server.get("open")),
+                _ms(server.get("perturb")),
+                _ms(server.get("encode")),
+                _ms(server.get("cloud")),
+                _ms(r.timings.total_ms),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = []
+    for n, row in enumerate(rows):
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs]
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from attestation import (
-        AttestationError,
-        GuestPolicy,
-        TrustedRoots,
-        appraise,
-        verify_report,
-    )
-    from attestation._measure import LaunchArtifacts, launch_measurement
-    from attestation._sim import SimulatedPlatform
-    from policies import ReferenceValue, load_default
+    if args.trust_only:
+        return run_trust_demo(args)
+    from attestation import InsecureRootsWarning
+    from client import Client, ClientConfig, ClientError, Expectations, JwksPin
+    from client._trust import InsecureClientWarning
+    from pmc2._stack import DevStack, Ports, StackError, StackOptions, free_ports
+    from pmc2._stack import write_tiny_bundle as tiny
+    from vision import DEFAULT_BUNDLE_DIR
 
+    try:
+        images = _images(args.images)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}")
+        return 2
+    state = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="pmc2-demo-"))
+    bundle = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE_DIR
+    if not (bundle / "manifest.json").is_file():
+        print(
+            f"note: no model bundle at {bundle}; using an untrained tiny one (labels mean nothing)"
+        )
+        bundle = tiny(state / "tiny-bundle")
     ovmf = Path(args.ovmf)
     if not ovmf.is_file():
         print(f"error: firmware {ovmf} not found (run `make sysdeps` or pass --ovmf)")
         return 2
-    state = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="pmc2-demo-"))
-    now = datetime.now(UTC)
 
-    _step("1. operator: expected launch measurement (sev-snp-measure)")
-    artifacts = LaunchArtifacts.from_files(ovmf, vcpus=args.vcpus)
-    measurement: bytes = _timed("measure", lambda: launch_measurement(artifacts))
-    print(f"   firmware    {ovmf} (sha256 {artifacts.ovmf.sha256.hex()[:16]}...)")
-    print(f"   vCPUs       {args.vcpus} x {artifacts.vcpu_type}")
-    print(f"   MEASUREMENT {measurement.hex()}")
-    launch = load_default("launch_config").with_bundle_digest(PLACEHOLDER_BUNDLE)
-    host_data = launch.host_data()
-    print(f"   HOST_DATA   {host_data.hex()}  (digest of the default launch configuration)")
-    registered = [ReferenceValue(measurement=measurement, label="demo enclave")]
-    policy = load_default("appraisal")
-
-    _step("2. simulated SEV-SNP platform: launch the enclave, report bound to a nonce")
-    platform = _timed("platform (keys, chain)", lambda: SimulatedPlatform.open(state))
-    print(f"   state       {state}  ({platform.product.value}, simulated root)")
-    guest = platform.launch(artifacts=artifacts, host_data=host_data)
-    nonce = secrets.token_bytes(32)
-    report_data = hashlib.sha512(nonce).digest()
-    evidence = guest.get_report(report_data)
-    print(f"   report      {len(evidence.report)} bytes, certificates {len(evidence.certs)}")
-
-    _step("3. verifier: authenticity, then appraisal with the default policy")
-    simulated_roots = TrustedRoots.from_dir(platform.roots_dir)
-    vcek = platform.vcek_certificate(platform.reported_tcb)
-    chain = platform.chain_pem()
-    verified = _timed(
-        "verify",
-        lambda: verify_report(evidence.report, vcek, chain, at=now, roots=simulated_roots),
+    print(f"== PMC2 demo: {len(images)} photo(s), state {state}")
+    options = StackOptions(
+        state_dir=state,
+        bundle_dir=bundle,
+        ports=Ports(*free_ports(4)),
+        ovmf=ovmf,
+        vcpus=args.vcpus,
+        progress=lambda line: print(f"   {line}"),
     )
-    print(f"   authentic   signed by {verified.signing_key}, AMD root: {verified.amd_root}")
-    options = policy.appraisal_options(
-        registered, measurement=measurement, host_data=host_data, report_data=report_data
-    )
-    failures = appraise(verified.report, options)
-    print(f"   appraisal   {'accepted' if not failures else 'REFUSED: ' + '; '.join(failures)}")
-    ok = not failures
-
-    _step("4. what must be refused")
-    try:
-        verify_report(evidence.report, vcek, chain, at=now)
-        print("   AMD roots     UNEXPECTEDLY ACCEPTED")
-        ok = False
-    except AttestationError as exc:
-        print(f"   AMD roots     refused: {exc}")
-    debug_guest = platform.launch(
-        artifacts=artifacts, host_data=host_data, policy=GuestPolicy(smt=True, debug=True)
-    )
-    debug_report = verify_report(
-        debug_guest.report(report_data), vcek, chain, at=now, roots=simulated_roots
-    ).report
-    refused = appraise(debug_report, options)
-    print(f"   debug guest   {'refused: ' + '; '.join(refused) if refused else 'ACCEPTED'}")
-    ok = ok and bool(refused)
-    stale = policy.appraisal_options(
-        registered,
-        measurement=measurement,
-        host_data=host_data,
-        report_data=hashlib.sha512(secrets.token_bytes(32)).digest(),
-    )
-    refused = appraise(verified.report, stale)
-    print(f"   other nonce   {'refused: ' + '; '.join(refused) if refused else 'ACCEPTED'}")
-    ok = ok and bool(refused)
-
-    milan = Path(args.vectors)
-    if (milan / "attestation.bin").is_file():
-        real = verify_report(
-            (milan / "attestation.bin").read_bytes(),
-            (milan / "vcek.der").read_bytes(),
-            (milan / "ask_ark.pem").read_bytes(),
-            at=datetime(2025, 6, 1, tzinfo=UTC),
-        )
-        refused = appraise(
-            real.report,
-            policy.appraisal_options(
-                [ReferenceValue(measurement=real.report.measurement, label="real Milan")],
-                measurement=real.report.measurement,
-                host_data=real.report.host_data,
-            ),
-        )
-        print(
-            f"   real Milan    authentic against AMD's pinned ARK: {real.amd_root}; "
-            f"{'refused: ' + '; '.join(refused) if refused else 'ACCEPTED'}"
-        )
-        ok = ok and bool(refused)
-    else:
-        print(f"   real Milan    skipped ({milan} not present)")
-
-    print(f"\nPMC2 demo {'passed' if ok else 'FAILED'}")
-    return 0 if ok else 1
+    with warnings.catch_warnings():
+        # Both sides trust the simulated platform on purpose; they say so in the output.
+        warnings.simplefilter("ignore", InsecureRootsWarning)
+        warnings.simplefilter("ignore", InsecureClientWarning)
+        try:
+            with DevStack(options) as stack:
+                info = stack.client_info()
+                print("\n== client: attest, then send (SDK)")
+                print("   trusting the SIMULATED platform (development only; no hardware)")
+                config = ClientConfig(
+                    gateway_url=info["gateway_url"],
+                    attestation_url=info["attestation_url"],
+                    jwks_pin=JwksPin(thumbprints=info["jwks_thumbprints"]),
+                    expect=Expectations(
+                        measurements=[info["measurement"]],
+                        launch_config_digests=[info["launch_config_digest"]],
+                        egress_policy_digests=[info["egress_policy_digest"]],
+                        model_bundle_digests=[info["model_bundle_digest"]],
+                        allow_insecure_simulated_platform=True,
+                    ),
+                )
+                with Client(config) as client:
+                    attestation = client.attest()
+                    for key, value in attestation.summary().items():
+                        print(f"   {key:<22} {value}")
+                    results = client.classify(images)
+                print()
+                print(_table(list(results)))
+                print(
+                    "\nS1: the client's JPEG (4:4:4) sealed to the enclave; S2: the neural "
+                    "bit-string the enclave sent to the cloud (per image, batch share).\n"
+                    "Stages in ms: client JPEG, seal, round trip; in the enclave: open, "
+                    "perturb, encode, cloud (decode + classify + transfer)."
+                )
+        except (StackError, ClientError, ValueError) as exc:
+            print(f"\nPMC2 demo FAILED: {exc}")
+            return 1
+    print("\nPMC2 demo passed (stack stopped)")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAction[Any]) -> None:
     """Add ``demo`` to the ``pmc2`` parser."""
     del bench
-    p = sub.add_parser("demo", help="run the main job on embedded defaults")
-    p.add_argument("--state", help="simulated platform state directory (default: a temp dir)")
-    p.add_argument("--ovmf", default=str(DEFAULT_OVMF), help="enclave firmware (OVMF)")
-    p.add_argument("--vcpus", type=int, default=2, help="enclave vCPU count")
-    p.add_argument("--vectors", default=str(SHARED_MILAN), help="real Milan test vector dir")
+    p = sub.add_parser(
+        "demo",
+        help="the whole system on embedded defaults: attest, classify sample photos, stop",
+    )
+    p.add_argument("--images", help="a directory of your own photos (default: sample photos)")
+    p.add_argument("--state", help="state directory (default: a new temporary one)")
+    p.add_argument("--bundle", help="vision bundle (default: the committed one)")
+    p.add_argument(
+        "--trust-only", action="store_true", help="walk the trust bootstrap step by step instead"
+    )
+    add_trust_args(p)
     p.set_defaults(handler=_run)

@@ -116,7 +116,7 @@ def test_generator_improves_and_resumes(tmp_path: Path) -> None:
     target_dir, aux_dir = _tiny_classifiers(tmp_path)
     target, _ = load_classifier_dir(target_dir)
     aux, _ = load_classifier_dir(aux_dir)
-    cfg = GeneratorTrainConfig(base=4, epochs=3, batch_size=64, lr=5e-3, bf16=False)
+    cfg = GeneratorTrainConfig(base=4, epochs=3, batch_size=64, lr=5e-3, bf16=False, aux_ce_cap=3.0)
     out = tmp_path / "gen"
     run = train_generator(
         cfg, TRAIN, VAL, out, target=target, aux=aux, device=CPU, progress=False, stop_after=2

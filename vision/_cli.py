@@ -90,6 +90,12 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
     gen.add_argument("--width", type=int, default=None, help="U-Net base width (paper: 32)")
     gen.add_argument("--ssim-weight", type=float, default=None)
     gen.add_argument("--aux-weight", type=float, default=None)
+    gen.add_argument(
+        "--aux-cap",
+        type=float,
+        default=None,
+        help="cap the auxiliary term: - min(CE(aux(x')), CAP) (default: uncapped)",
+    )
     gen.add_argument("--eval-images", type=int, default=None)
     _common(gen, "runs/generator")
     gen.set_defaults(handler=_train_generator)
@@ -261,6 +267,7 @@ def _train_generator(args: argparse.Namespace) -> int:
                 "width": "base",
                 "ssim_weight": "ssim_weight",
                 "aux_weight": "aux_weight",
+                "aux_cap": "aux_ce_cap",
                 "max_train": "max_train",
                 "eval_images": "eval_images",
             },

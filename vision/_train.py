@@ -566,6 +566,7 @@ class GeneratorTrainConfig:
     warmup_epochs: float = 0.5
     ssim_weight: float = 0.5
     aux_weight: float = 1.0
+    aux_ce_cap: float | None = None  # optional hinge: - min(CE(aux), cap); None = unbounded
     seed: int = 0
     bf16: bool | None = None
     flip: bool = True
@@ -679,7 +680,8 @@ def train_generator(
                 ce_t = F.cross_entropy(target(xp).float(), y)
                 ce_a = F.cross_entropy(aux(xp).float(), y)
             sim = _ssim(x, xp.float())
-            loss = ce_t - cfg.aux_weight * ce_a + cfg.ssim_weight * sim
+            ce_a_term = ce_a if cfg.aux_ce_cap is None else ce_a.clamp(max=cfg.aux_ce_cap)
+            loss = ce_t - cfg.aux_weight * ce_a_term + cfg.ssim_weight * sim
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()

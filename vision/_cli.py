@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
         default=None,
         help="cap the auxiliary term: - min(CE(aux(x')), CAP) (default: uncapped)",
     )
+    gen.add_argument(
+        "--init", default=None, help="warm start from generator weights (a .safetensors file)"
+    )
     gen.add_argument("--eval-images", type=int, default=None)
     _common(gen, "runs/generator")
     gen.set_defaults(handler=_train_generator)
@@ -268,6 +271,7 @@ def _train_generator(args: argparse.Namespace) -> int:
                 "ssim_weight": "ssim_weight",
                 "aux_weight": "aux_weight",
                 "aux_cap": "aux_ce_cap",
+                "init": "init_from",
                 "max_train": "max_train",
                 "eval_images": "eval_images",
             },

@@ -567,6 +567,7 @@ class GeneratorTrainConfig:
     ssim_weight: float = 0.5
     aux_weight: float = 1.0
     aux_ce_cap: float | None = None  # optional hinge: - min(CE(aux), cap); None = unbounded
+    init_from: str | None = None  # warm start: generator weights (.safetensors) to start from
     seed: int = 0
     bf16: bool | None = None
     flip: bool = True
@@ -644,6 +645,8 @@ def train_generator(
     aux = _freeze(aux.to(device))  # type: ignore[assignment]
     torch.manual_seed(cfg.seed)
     gen_net = build_generator("unet", {"base": cfg.base}).to(device)
+    if cfg.init_from is not None:
+        gen_net.load_state_dict(_load_tensors(Path(cfg.init_from)))
     opt = torch.optim.AdamW(gen_net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     config = asdict(cfg)
     ckpt = _Checkpoint()

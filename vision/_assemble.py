@@ -105,13 +105,16 @@ def assemble_bundle(
     evaluation: CifarArrays,
     *,
     commands: Sequence[str] = (),
+    generator_warm_start: Sequence[str] = (),
     notes: Sequence[str] = (),
     device: torch.device | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Load the trained networks of ``dirs`` (role → training output directory), evaluate
     them on ``evaluation`` and write them as a bundle (manifest with configs, digests,
-    the training commands and the metrics). Returns the metrics written."""
+    the training commands and the metrics). ``generator_warm_start``: the commands that
+    produced the weights the generator run started from (``--init``), recorded before it.
+    Returns the metrics written."""
     from vision._bundle import write_bundle
     from vision._train import (
         _read_json,
@@ -143,11 +146,12 @@ def assemble_bundle(
         device=device,
         progress=progress,
     )
-    train_commands = [
-        training[r]["command"]
-        for r in ("target", "aux", "generator", "codec")
-        if r in training and training[r]["command"]
-    ]
+    train_commands: list[str] = []
+    for role in ("target", "aux", "generator", "codec"):
+        if role == "generator":
+            train_commands += generator_warm_start  # what produced the generator's --init
+        if role in training and training[role]["command"]:
+            train_commands.append(training[role]["command"])
     metrics = {
         "evaluation": figures,
         "evaluation_split": "CIFAR-10 test set, evaluation half (vision._data.split_test)",

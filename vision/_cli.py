@@ -140,6 +140,13 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
         help="evaluate on the first N of the evaluation half (default: all 5000)",
     )
     bun.add_argument("--note", action="append", default=[], help="a note for the manifest")
+    bun.add_argument(
+        "--generator-warm-start",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="command that produced the generator's --init weights (recorded)",
+    )
     bun.add_argument("--device", default=None)
     bun.add_argument("--threads", type=int, default=None)
     bun.add_argument("--no-progress", action="store_true")
@@ -372,6 +379,7 @@ def _train_bundle(args: argparse.Namespace) -> int:
         dirs,
         evaluation,
         commands=[_command()],
+        generator_warm_start=args.generator_warm_start,
         notes=args.note,
         device=device,
         progress=not args.no_progress,

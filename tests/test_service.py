@@ -479,6 +479,31 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         close_env(again)
 
 
+def test_simulated_root_token_releases_nothing_once_the_service_trusts_only_amd(
+    tmp_path: Path,
+) -> None:
+    # A token issued while the service trusted the simulated root (status "warning") must
+    # not release keys after the same state directory is served with AMD's roots only:
+    # anyone can make the simulated platform sign any MEASUREMENT.
+    state = tmp_path / "state"
+    env = open_env(state)
+    try:
+        env.register()
+        env.admin.put_resource("model-bundle-key", b"k" * 32)
+        result, key_pair = env.attest()
+        assert result.status == "warning"
+    finally:
+        close_env(env)
+    production = open_env(state, operator=env.operator, clock=env.clock, insecure_roots=None)
+    try:
+        with pytest.raises(ServiceRefusedError) as excinfo:
+            production.client.resource("model-bundle-key", result.token, key_pair)
+        assert refused(excinfo).status == 401
+        assert "warning" in str(refused(excinfo))
+    finally:
+        close_env(production)
+
+
 def test_signing_key_rotation_keeps_old_tokens_valid(env: Env) -> None:
     env.register()
     env.admin.put_resource("model-bundle-key", b"s" * 32)

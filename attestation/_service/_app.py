@@ -39,8 +39,9 @@ Key release (``/v1/resource/{name}``), checklist:
 
 R1. A bearer token (401 ``token-required``).
 R2. It verifies (``verify_attestation_token`` T1-T7 with this service's keys, issuer and
-    current time; ``warning`` accepted, as the service itself chose its roots)
-    (401 ``token-invalid``).
+    current time; ``warning`` accepted only while the service is configured with
+    ``insecure_roots``: a token from a simulated root releases nothing once the same
+    state is served with AMD's roots alone) (401 ``token-invalid``).
 R3. It came from ``/v1/attest`` (service nonce) (403 ``release-denied``).
 R4. Its MEASUREMENT / HOST_DATA still match an accepted reference value now (a
     registration revoked or expired since the token was issued stops releases)
@@ -349,7 +350,7 @@ class AttestationService:
                 self.signing_keys.key_set(),
                 at=at,
                 issuer=self.config.issuer,
-                allow_warning=True,
+                allow_warning=self.config.insecure_roots is not None,
             )
         except TokenError as exc:
             self.audit("release", "refused", client, resource=name, reason=str(exc))

@@ -113,8 +113,9 @@ class JwksPin:
 
     Either ``thumbprints``: RFC 7638 thumbprints (the service's ``kid`` values) of the
     accepted keys; the key set is fetched from the service and only matching keys are
-    used. Or ``key_set``: the pinned JWKS itself (nothing is fetched). Obtain either
-    from the operator over a channel you trust (see docs/client.md).
+    used. Or ``key_set``: the pinned JWKS itself (nothing is fetched); with
+    ``thumbprints`` too, only those of its keys are used. Obtain either from the
+    operator over a channel you trust (see docs/client.md).
 
     >>> pin = JwksPin(thumbprints=["7vWJmHRyIZgAhXDXOIJKRpCrqigOo-DLgG-u4PyvgZk"])
     >>> pin.fetches, sorted(pin.thumbprints)[0][:8]
@@ -146,7 +147,7 @@ class JwksPin:
                 raise ValueError(f"a pinned key set holds a bad key: {exc}") from None
             if prints and not prints <= derived:
                 raise ValueError("thumbprints given with a key set must be of its keys")
-            prints = frozenset(derived)
+            prints = prints or frozenset(derived)
             key_set = json.loads(json.dumps(dict(key_set)))
         if insecure_unpinned:
             if prints:

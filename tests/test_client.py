@@ -960,6 +960,19 @@ def test_pins_and_key_selection() -> None:
     assert select_pinned_keys({"keys": [public]}, anything)["keys"][0]["kid"] == print_
 
 
+def test_pinned_key_set_with_thumbprints_uses_only_those_keys() -> None:
+    # thumbprints given with a key set narrow it: the other keys of the set are not trusted
+    wanted = dict(ECKey.generate_key("P-384").as_dict(private=False))
+    other = dict(ECKey.generate_key("P-384").as_dict(private=False))
+    pin = JwksPin(key_set={"keys": [wanted, other]}, thumbprints=[jwk_thumbprint(wanted)])
+    assert pin.thumbprints == {jwk_thumbprint(wanted)}
+    assert pin.key_set is not None
+    chosen = select_pinned_keys(pin.key_set, pin)["keys"]
+    assert [k["kid"] for k in chosen] == [jwk_thumbprint(wanted)]
+    with pytest.raises(AttestationFailed, match="matches the pin"):
+        select_pinned_keys({"keys": [other]}, pin)
+
+
 def test_pinned_key_set_needs_no_fetch(harness: Harness) -> None:
     recorder = Recorder(harness.apps)
     jwks = harness.stack.env.client.jwks()

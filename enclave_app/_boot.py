@@ -43,7 +43,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -247,7 +247,7 @@ class Booted:
     key_pair: EnclaveKeyPair
     client: AttestationClient
     attestation: AttestationResult
-    credential: str
+    credential: str = field(repr=False)
     engine: VisionEngine
     bundle_digest: str
 

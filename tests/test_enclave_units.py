@@ -18,6 +18,7 @@ from PIL import Image
 from enclave_app import (
     ENCRYPTED_BUNDLE_MAGIC,
     BatchConfig,
+    Booted,
     BundleCryptError,
     DynamicBatcher,
     EgressDeniedError,
@@ -504,6 +505,24 @@ def test_guard_validates_its_configuration() -> None:
         _guard(cloud, credential="two\r\nlines")
     with pytest.raises(ValueError):
         _guard(cloud, top_k=0)
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    # the cloud credential released to the enclave never appears in a repr (logs,
+    # tracebacks), neither the guard's nor the boot result's
+    secret = "released-cloud-credential-0123456789"
+    guard = _guard(es.FakeCloud(), credential=secret)
+    booted: Any = Booted(
+        config=None,  # type: ignore[arg-type]
+        key_pair=None,  # type: ignore[arg-type]
+        client=None,  # type: ignore[arg-type]
+        attestation=None,  # type: ignore[arg-type]
+        credential=secret,
+        engine=None,  # type: ignore[arg-type]
+        bundle_digest="00" * 48,
+    )
+    assert secret not in repr(guard)
+    assert secret not in repr(booted)
 
 
 def test_no_warnings_from_decoding() -> None:

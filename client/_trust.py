@@ -22,9 +22,13 @@ B. Binding to what the gateway offered (the gateway is untrusted): B1. the token
    ``cnf.jwk`` equals the offered public key and B2. its key id equals the offered key
    id; otherwise :class:`AttestationFailed` (a gateway swapping the enclave key). The
    client seals only to the token's key (protocol.md 9).
-N. Fresh-nonce mode only: N1. ``eat_nonce`` is the client's nonce and N2.
+N. Freshness. Fresh-nonce mode: N1. ``eat_nonce`` is the client's nonce and N2.
    ``pmc2.nonce_source`` is ``client`` (the attestation service verified evidence for
-   this very nonce, ``/v1/verify``); :class:`AttestationFailed` otherwise.
+   this very nonce, ``/v1/verify``). Default mode: N3. ``pmc2.nonce_source`` is
+   ``service`` (the evidence answered a single-use challenge of the service, so it was
+   fresh when the token was issued; a ``client``-nonce token in this mode could come from
+   old evidence the untrusted gateway replayed to ``/v1/verify``).
+   :class:`AttestationFailed` otherwise.
 C. Consistency: C1. when the token names the launch configuration, its ``digest`` is the
    attested HOST_DATA (else :class:`AttestationFailed`).
 E. Expectations (:class:`Expectations`), each a :class:`PolicyMismatch` naming the
@@ -455,6 +459,14 @@ def verify_offer(
             raise AttestationFailed(
                 f"the token's nonce source is {result.nonce_source!r}, not 'client'"
             )
+    # N3
+    elif result.nonce_source != "service":
+        raise AttestationFailed(
+            f"the token's nonce source is {result.nonce_source!r}, not 'service': without "
+            "the client's own nonce only tokens for evidence that answered the attestation "
+            "service's challenge are fresh (use the fresh-nonce mode to verify evidence "
+            "for your own nonce)"
+        )
     # C1
     launch = result.launch_config
     egress: bytes | None = None

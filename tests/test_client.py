@@ -15,7 +15,6 @@ import doctest
 import importlib
 import io
 import json
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import client
-from attestation import AttestationClient
 from client import (
     AsyncClient,
     AttestationFailed,
@@ -856,12 +854,10 @@ def test_signing_key_rotation(harness: Harness) -> None:
 
 def test_post_quantum_suite(harness: Harness) -> None:
     # The enclave app boots only with X25519 keys (key release needs them), so an HPKE-9
-    # replica is stood in for: its key is attested by the real service (/v1/verify with
-    # simulated evidence binding the key), behind the real gateway.
+    # replica is stood in for: its key is attested by the real service (its challenge,
+    # then /v1/attest with simulated evidence binding the key), behind the real gateway.
     pair = EnclaveKeyPair.generate(SUITE_MLKEM768_X25519)
-    nonce = os.urandom(32)
-    evidence = AttestationClient.evidence(harness.stack.provider, nonce, pair.public_key)
-    token = harness.stack.env.client.verify(nonce, pair.public_key, evidence).token
+    token = harness.stack.env.client.attest(harness.stack.provider, pair.public_key).token
 
     async def attestation(request: Request) -> Response:
         jwk = pair.public_key.to_jwk()
@@ -1121,3 +1117,24 @@ def test_insecure_options_warn() -> None:
         Expectations(allow_insecure_simulated_platform=True)
     with pytest.warns(InsecureClientWarning):
         JwksPin(insecure_unpinned=True)
+
+
+def test_default_mode_refuses_a_token_for_client_nonce_evidence(harness: Harness) -> None:
+    # A gateway keeps evidence it once obtained for some nonce of its choosing and has
+    # the attestation service verify it again (/v1/verify) whenever it likes: each token
+    # is new, the evidence is not. In the default mode only tokens for evidence that
+    # answered the service's own single-use challenge count as fresh.
+    with sync_client(harness, Recorder(harness.apps), fresh_nonce=True) as c:
+        replayable = c.attest()
+    assert replayable.claims["pmc2.nonce_source"] == "client"
+
+    def serve_replayed(doc: dict[str, Any]) -> None:
+        doc["attestations"][0]["token"] = replayable.token
+
+    recorder = Recorder(harness.apps, on_listing(serve_replayed))
+    with (
+        sync_client(harness, recorder) as c,
+        pytest.raises(AttestationFailed, match="nonce source is 'client', not 'service'"),
+    ):
+        c.classify([jpeg_bytes(21)])
+    recorder.assert_no_image_sent([jpeg_bytes(21)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from attestation import AttestationClient
 from client import BytesSent, ProtocolError, ServerRefused
 from client._cli import EXIT_OK
 from cloud_infer import ClassifyRequest
@@ -105,9 +103,7 @@ def _stand_in(h: Harness, answer: Answer) -> dict[str, Starlette]:
     """A replica with its own X25519 key, attested by the real service (simulated
     evidence binding the key), answering with ``answer``."""
     pair = EnclaveKeyPair.generate()
-    nonce = os.urandom(32)
-    evidence = AttestationClient.evidence(h.stack.provider, nonce, pair.public_key)
-    token = h.stack.env.client.verify(nonce, pair.public_key, evidence).token
+    token = h.stack.env.client.attest(h.stack.provider, pair.public_key).token
 
     async def attestation(request: Request) -> Response:
         jwk = pair.public_key.to_jwk()

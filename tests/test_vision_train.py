@@ -202,6 +202,57 @@ def test_codec_ce_weight_needs_target(tmp_path: Path) -> None:
         )
 
 
+def test_codec_distillation_and_warm_start(tmp_path: Path) -> None:
+    """kd_weight adds the distillation term; init_from starts from given codec weights."""
+    from vision._models import build_classifier, build_generator
+
+    torch.manual_seed(0)
+    generator = build_generator("unet", {"base": 4})
+    target = build_classifier("airbench", {"widths": [8, 16, 16]})
+    cfg = CodecTrainConfig(
+        N=8, M=8, epochs=1, batch_size=32, lmbda=0.01, kd_weight=1.0, eval_images=16
+    )
+    first = train_codec(
+        cfg,
+        TRAIN,
+        VAL,
+        tmp_path / "a",
+        generator=generator,
+        target=target,
+        device=CPU,
+        progress=False,
+    )
+    assert first[-1]["train_kd"] > 0
+    assert first[-1]["train_ce"] == 0
+    with pytest.raises(TrainError, match="target"):
+        train_codec(
+            replace(cfg, ce_weight=0.0),
+            TRAIN,
+            VAL,
+            tmp_path / "x",
+            generator=generator,
+            target=None,
+            device=CPU,
+            progress=False,
+        )
+    # warm start: with zero learning rates the codec stays exactly as initialised
+    warm = replace(cfg, init_from=str(tmp_path / "a" / "model.safetensors"), lr=0.0, aux_lr=0.0)
+    train_codec(
+        warm,
+        TRAIN,
+        VAL,
+        tmp_path / "b",
+        generator=generator,
+        target=target,
+        device=CPU,
+        progress=False,
+    )
+    a, _ = load_codec_dir(tmp_path / "a")
+    b, _ = load_codec_dir(tmp_path / "b")
+    for (name, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, msg=name)
+
+
 def test_assemble_bundle_evaluates_and_loads(tmp_path: Path) -> None:
     from vision._assemble import assemble_bundle
     from vision._bundle import load_bundle

@@ -121,6 +121,18 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
     cod.add_argument(
         "--ce-weight", type=float, default=None, help="optional: + weight * CE(target(decoded), y)"
     )
+    cod.add_argument(
+        "--kd-weight",
+        type=float,
+        default=None,
+        help="optional: + weight * T^2 * KL(target(protected) || target(decoded)) (distillation)",
+    )
+    cod.add_argument(
+        "--kd-temperature", type=float, default=None, help="distillation temperature T"
+    )
+    cod.add_argument(
+        "--init", default=None, help="warm start from codec weights (a .safetensors file)"
+    )
     cod.add_argument("--N", type=int, default=None)
     cod.add_argument("--M", type=int, default=None)
     cod.add_argument("--eval-images", type=int, default=None)
@@ -330,6 +342,9 @@ def _train_codec(args: argparse.Namespace) -> int:
                 "lr": "lr",
                 "lmbda": "lmbda",
                 "ce_weight": "ce_weight",
+                "kd_weight": "kd_weight",
+                "kd_temperature": "kd_temperature",
+                "init": "init_from",
                 "N": "N",
                 "M": "M",
                 "max_train": "max_train",

@@ -751,11 +751,14 @@ class CodecTrainConfig:
     ste: bool = True  # decoder sees rounded latents (straight-through), as when coding
     lmbda: float = 0.5  # loss = MSE + lmbda * bpp
     ce_weight: float = 0.0  # optional: + ce_weight * CE(target(decoded), y)
+    kd_weight: float = 0.0  # optional: + kd_weight * KL(target(protected) || target(decoded))
+    kd_temperature: float = 2.0
     clip_grad: float = 1.0
     seed: int = 0
     bf16: bool | None = False
     max_train: int | None = None
     eval_images: int | None = 1000
+    init_from: str | None = None  # warm start: codec weights (.safetensors) to start from
 
 
 def _codec_forward(codec: Any, x: Tensor, ste: bool) -> dict[str, Any]:
@@ -784,6 +787,16 @@ def _protect_all(
     for idx in _progress(_batches(len(images), 500, None, False), "protect", progress):
         x = _to_float(images[idx.numpy()]).to(device)
         parts.append(torch.round(generator(x) * 255.0).to(torch.uint8).cpu())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def _logits_all(classifier: nn.Module, images: Tensor, device: torch.device) -> Tensor:
+    """The classifier's logits for uint8 NCHW ``images`` (float32, on the CPU)."""
+    parts = [
+        classifier(images[idx].float().div(255.0).to(device)).float().cpu()
+        for idx in _batches(int(images.shape[0]), 500, None, False)
+    ]
     return torch.cat(parts)
 
 
@@ -833,7 +846,9 @@ def train_codec(
 ) -> list[dict[str, Any]]:
     """Train a FactorizedPrior on the frozen generator's protected images.
 
-    Loss ``MSE + lmbda * bpp`` (+ optionally ``ce_weight * CE(target(x_hat), y)``), Adam;
+    Loss ``MSE + lmbda * bpp`` (+ optionally ``ce_weight * CE(target(x_hat), y)`` and
+    ``kd_weight * T^2 * KL(p_T(x') || p_T(x_hat))``, the decoded image classified as the
+    target classifies the protected one, at temperature ``T``), Adam;
     the entropy bottleneck's quantiles get their own optimizer on ``aux_loss()``, as in
     CompressAI's examples. ``update()`` runs before every evaluation and at the end.
     """
@@ -845,10 +860,12 @@ def train_codec(
     generator = _freeze(generator.to(device))
     if target is not None:
         target = _freeze(target.to(device))  # type: ignore[assignment]
-    if cfg.ce_weight > 0 and target is None:
-        raise TrainError("ce_weight > 0 needs the target classifier")
+    if (cfg.ce_weight > 0 or cfg.kd_weight > 0) and target is None:
+        raise TrainError("ce_weight or kd_weight > 0 needs the target classifier")
     torch.manual_seed(cfg.seed)
     codec = make_codec(N=cfg.N, M=cfg.M).to(device)
+    if cfg.init_from is not None:
+        _load_codec_state(codec, _load_tensors(Path(cfg.init_from)))
     main_params = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
     eb_ids = {id(p) for p in codec.entropy_bottleneck.parameters()}
@@ -871,6 +888,9 @@ def train_codec(
     n_train = len(train)
     protected = _protect_all(generator, train.images, device, progress)
     y_train = torch.from_numpy(train.labels)
+    teacher_logits = torch.empty(0)
+    if cfg.kd_weight > 0 and target is not None:
+        teacher_logits = _logits_all(target, protected, device)
     val_eval = _limit(val, cfg.eval_images)
     val_protected = _protect_all(generator, val_eval.images, device, False)
     val_labels = torch.from_numpy(val_eval.labels)
@@ -880,7 +900,7 @@ def train_codec(
         codec.train()
         rng = _epoch_generator(cfg.seed, epoch)
         t0 = time.monotonic()
-        sums = {"loss": 0.0, "mse": 0.0, "bpp": 0.0, "aux": 0.0, "ce": 0.0}
+        sums = {"loss": 0.0, "mse": 0.0, "bpp": 0.0, "aux": 0.0, "ce": 0.0, "kd": 0.0}
         seen = 0
         for idx in _progress(
             _batches(n_train, cfg.batch_size, rng, drop_last=True), f"epoch {epoch + 1}", progress
@@ -902,6 +922,13 @@ def train_codec(
             if cfg.ce_weight > 0 and target is not None:
                 ce = F.cross_entropy(target(x_hat.clamp(0, 1)), y_train[idx].to(device))
                 loss = loss + cfg.ce_weight * ce
+            kd = torch.zeros((), device=device)
+            if cfg.kd_weight > 0 and target is not None:
+                temp = cfg.kd_temperature
+                teacher = teacher_logits[idx].to(device).div(temp).log_softmax(dim=1)
+                student = F.log_softmax(target(x_hat.clamp(0, 1)) / temp, dim=1)
+                kd = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+                loss = loss + cfg.kd_weight * temp * temp * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             if cfg.clip_grad > 0:
@@ -920,6 +947,7 @@ def train_codec(
                 ("bpp", bpp),
                 ("aux", aux_loss),
                 ("ce", ce),
+                ("kd", kd),
             ):
                 sums[key] += float(value.detach()) * b
         train_time = time.monotonic() - t0

@@ -147,6 +147,29 @@ def test_generator_improves_and_resumes(tmp_path: Path) -> None:
         assert g(x).shape == x.shape
 
 
+def test_generator_abs_ssim_term(tmp_path: Path) -> None:
+    """With ssim_abs the SSIM term is the mean per-image |SSIM|; validation reports both."""
+    from vision._train import _ssim_per_image, _to_float, quantize
+
+    target_dir, aux_dir = _tiny_classifiers(tmp_path)
+    target, _ = load_classifier_dir(target_dir)
+    aux, _ = load_classifier_dir(aux_dir)
+    cfg = GeneratorTrainConfig(
+        base=4, epochs=1, batch_size=64, bf16=False, ssim_weight=2.0, ssim_abs=True
+    )
+    metrics = train_generator(
+        cfg, TRAIN, VAL, tmp_path / "g", target=target, aux=aux, device=CPU, progress=False
+    )
+    record = metrics[-1]
+    assert record["val_abs_ssim"] >= abs(record["val_ssim"])
+    assert record["train_ssim"] >= 0  # the trained term is an absolute value
+    g, _ = load_generator_dir(tmp_path / "g")
+    x = _to_float(VAL.images)
+    with torch.no_grad():
+        per_image = _ssim_per_image(x, quantize(g.eval()(x)))
+    assert record["val_abs_ssim"] == pytest.approx(float(per_image.abs().mean()), abs=1e-4)
+
+
 def test_codec_improves_and_loads(tmp_path: Path) -> None:
     from vision._models import build_generator
 

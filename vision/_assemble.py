@@ -51,7 +51,7 @@ def evaluate_pipeline(
     target = target.to(device).eval()
     n = len(data)
     counts = {"clean": 0, "protected": 0, "neural": 0, "neural_batched": 0}
-    ssim_sum, single_bytes, batch_bytes = 0.0, 0, 0
+    ssim_sum, abs_ssim_sum, single_bytes, batch_bytes = 0.0, 0.0, 0, 0
     t0 = time.monotonic()
     for idx in _progress(_batches(n, batch, None, drop_last=False), "evaluate", progress):
         x = _to_float(data.images[idx.numpy()]).to(device)
@@ -65,7 +65,9 @@ def evaluate_pipeline(
             continue
         xp = quantize(generator.to(device).eval()(x))
         counts["protected"] += hits(xp)
-        ssim_sum += float(_ssim_per_image(x, xp).sum())
+        per_image = _ssim_per_image(x, xp)
+        ssim_sum += float(per_image.sum())
+        abs_ssim_sum += float(per_image.abs().sum())
         if codec is None:
             continue
         strings = encode_single(codec, xp)
@@ -76,7 +78,11 @@ def evaluate_pipeline(
         counts["neural_batched"] += hits(quantize(decode_batch(codec, stream)))
     result: dict[str, Any] = {"images": n, "clean": {"accuracy": counts["clean"] / n}}
     if generator is not None:
-        result["protected"] = {"accuracy": counts["protected"] / n, "ssim": ssim_sum / n}
+        result["protected"] = {
+            "accuracy": counts["protected"] / n,
+            "ssim": ssim_sum / n,
+            "abs_ssim": abs_ssim_sum / n,
+        }
     if codec is not None:
         result["neural"] = {"bytes": single_bytes / n, "accuracy": counts["neural"] / n}
         result["neural_batched"] = {

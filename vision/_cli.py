@@ -97,6 +97,12 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
         help="cap the auxiliary term: - min(CE(aux(x')), CAP) (default: uncapped)",
     )
     gen.add_argument(
+        "--ssim-abs",
+        action="store_true",
+        default=None,
+        help="penalise |SSIM| per image (a negative SSIM is a photographic negative)",
+    )
+    gen.add_argument(
         "--init", default=None, help="warm start from generator weights (a .safetensors file)"
     )
     gen.add_argument("--eval-images", type=int, default=None)
@@ -290,6 +296,7 @@ def _train_generator(args: argparse.Namespace) -> int:
                 "ssim_weight": "ssim_weight",
                 "aux_weight": "aux_weight",
                 "aux_cap": "aux_ce_cap",
+                "ssim_abs": "ssim_abs",
                 "init": "init_from",
                 "max_train": "max_train",
                 "eval_images": "eval_images",

@@ -567,6 +567,9 @@ class GeneratorTrainConfig:
     ssim_weight: float = 0.5
     aux_weight: float = 1.0
     aux_ce_cap: float | None = None  # optional hinge: - min(CE(aux), cap); None = unbounded
+    # penalise |SSIM| per image instead of SSIM: a strongly negative SSIM is a photographic
+    # negative of the original, which shows its content as plainly as the original does
+    ssim_abs: bool = False
     init_from: str | None = None  # warm start: generator weights (.safetensors) to start from
     seed: int = 0
     bf16: bool | None = None
@@ -599,10 +602,11 @@ def evaluate_generator(
     device: torch.device,
     batch_size: int = 500,
 ) -> dict[str, float]:
-    """Accuracy of target (and aux) on 8-bit protected images, and mean SSIM to originals."""
+    """Accuracy of target (and aux) on 8-bit protected images, and mean SSIM (and mean
+    per-image absolute SSIM) to the originals."""
     generator.eval()
     correct_t = correct_a = 0
-    ssim_sum = 0.0
+    ssim_sum = abs_sum = 0.0
     n = len(data)
     for idx in _batches(n, batch_size, None, drop_last=False):
         x = _to_float(data.images[idx.numpy()]).to(device)
@@ -611,8 +615,10 @@ def evaluate_generator(
         correct_t += int((target(xp).argmax(1) == y).sum())
         if aux is not None:
             correct_a += int((aux(xp).argmax(1) == y).sum())
-        ssim_sum += float(_ssim_per_image(x, xp).sum())
-    result = {"protected_accuracy": correct_t / n, "ssim": ssim_sum / n}
+        per_image = _ssim_per_image(x, xp)
+        ssim_sum += float(per_image.sum())
+        abs_sum += float(per_image.abs().sum())
+    result = {"protected_accuracy": correct_t / n, "ssim": ssim_sum / n, "abs_ssim": abs_sum / n}
     if aux is not None:
         result["aux_protected_accuracy"] = correct_a / n
     return result
@@ -682,7 +688,11 @@ def train_generator(
                 xp = gen_net(x)
                 ce_t = F.cross_entropy(target(xp).float(), y)
                 ce_a = F.cross_entropy(aux(xp).float(), y)
-            sim = _ssim(x, xp.float())
+            sim = (
+                _ssim_per_image(x, xp.float()).abs().mean()
+                if cfg.ssim_abs
+                else _ssim(x, xp.float())
+            )
             ce_a_term = ce_a if cfg.aux_ce_cap is None else ce_a.clamp(max=cfg.aux_ce_cap)
             loss = ce_t - cfg.aux_weight * ce_a_term + cfg.ssim_weight * sim
             opt.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ Service::
 
 Enclave side (no torch needed)::
 
-    body = ClassifyRequest.batch("pmc2-fp-128-192/v1", stream, count, top_k=3).to_bytes()
+    body = ClassifyRequest.batch("pmc2-fp-128-192/v2", stream, count, top_k=3).to_bytes()
     ...POST body to /v1/classify with Authorization: Bearer <credential>...
     answer = ClassifyResponse.from_bytes(response_body, expected_count=count)
 """

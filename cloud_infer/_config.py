@@ -202,9 +202,10 @@ class CloudConfig:
 
     ``bundle_dir`` holds at least the ``codec`` and ``target`` networks; ``codec_id`` is
     the accepted codec identifier (default: derived from the bundle's codec,
-    ``pmc2-fp-<N>-<M>/v1``; a given value must equal it); ``expected_bundle_digest``
-    pins the bundle manifest; ``image_size`` (height, width), when given, is the only
-    decoded image size accepted; ``label_names`` name the target's classes;
+    ``pmc2-fp-<N>-<M>/v2``, the ``/v<n>`` being the bit-string format version; a given
+    value must equal it); ``expected_bundle_digest`` pins the bundle manifest;
+    ``image_size`` (height, width), when given, is the only decoded image size accepted;
+    ``label_names`` name the target's classes;
     ``builder`` replaces the network registry (tests use tiny networks).
     """
 

@@ -28,8 +28,9 @@ _DOWNSAMPLING = 16
 
 
 def codec_id_for(n: int, m: int) -> str:
-    """The codec identifier of a ``FactorizedPrior(N=n, M=m)`` producing format-1
-    bit-strings: ``pmc2-fp-<N>-<M>/v1`` (the egress policy's ``codec``)."""
+    """The codec identifier of a ``FactorizedPrior(N=n, M=m)`` producing bit-strings
+    of format :data:`vision.FORMAT_VERSION`: ``pmc2-fp-<N>-<M>/v2`` (the egress policy's
+    ``codec``)."""
     from vision import FORMAT_VERSION
 
     return f"pmc2-fp-{n}-{m}/v{FORMAT_VERSION}"

@@ -13,7 +13,7 @@ big-endian::
     5       1     form: 0x00 single (one string per image), 0x01 batch-stream (one stream)
     6       1     top_k, 1 .. 100
     7       1     codec_len, 1 .. 72
-    8       L     codec id, ASCII (e.g. "pmc2-fp-128-192/v1")
+    8       L     codec id, ASCII (e.g. "pmc2-fp-128-192/v2")
     8+L     2     count N, 1 .. 65535 (images)
     single form:  N x 2-byte lengths (each >= 1), then the N strings back to back
     batch form:   4-byte stream length (>= 1), then the stream (which holds N images)

@@ -9,7 +9,7 @@ enclave's inference worker thread, never on the event loop.
 
 The codec identifier (what the egress policy names) is derived from the bundle's codec
 network: ``pmc2-fp-<N>-<M>/v<bit-string format version>`` (``FactorizedPrior`` with ``N``
-hidden and ``M`` latent channels; the paper's codec is ``pmc2-fp-128-192/v1``).
+hidden and ``M`` latent channels; the paper's codec is ``pmc2-fp-128-192/v2``).
 """
 
 from __future__ import annotations

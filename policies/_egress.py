@@ -3,7 +3,7 @@
 Document (``schema = "pmc2/egress/v1"``)::
 
     schema = "pmc2/egress/v1"
-    codec = "pmc2-fp-128-192/v1"   # the only codec whose bit-strings may leave
+    codec = "pmc2-fp-128-192/v2"   # the only codec whose bit-strings may leave
     max_bytes_per_image = 128       # 1 .. 1048576: longest bit-string for one image
     max_images_per_second = 2000    # 1 .. 1000000: rate limit across all destinations
     destinations = [                # allow-list; empty: nothing may leave

@@ -36,7 +36,7 @@ from vision import (
     write_bundle,
 )
 
-CODEC_ID = "pmc2-fp-8-8/v1"
+CODEC_ID = "pmc2-fp-8-8/v2"
 CLOUD = "http://cloud.test:8402"
 ATTEST = "http://attest.test:8401"
 CREDENTIAL = "enclave-credential-" + "c" * 32

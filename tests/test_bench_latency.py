@@ -84,7 +84,7 @@ def test_run_latency_measures_both_systems(stack: DevStack, tmp_path: Path) -> N
     assert load["enclave_mean_batch"] >= 1 and 0 < load["bitstring_bytes_per_image"] <= 128
     doc: dict[str, Any] = {
         "images": {"count": 6, "source": note},
-        "bundle": {"digest": "sha384:" + "ab" * 48, "codec": "pmc2-fp-8-8/v1", "tiny": True},
+        "bundle": {"digest": "sha384:" + "ab" * 48, "codec": "pmc2-fp-8-8/v2", "tiny": True},
         "machine": {"cpus": 2, "cloud_device": "cpu"},
         **result,
         "paper": PAPER,

@@ -131,8 +131,8 @@ async def post(client: httpx.AsyncClient, body: bytes, **kw: Any) -> httpx.Respo
 
 
 def test_codec_id_derived(engine: InferenceEngine, bundle_dir: Path) -> None:
-    assert engine.codec_id == codec_id_for(8, 8) == "pmc2-fp-8-8/v1"
-    assert codec_id_for(128, 192) == "pmc2-fp-128-192/v1"
+    assert engine.codec_id == codec_id_for(8, 8) == "pmc2-fp-8-8/v2"
+    assert codec_id_for(128, 192) == "pmc2-fp-128-192/v2"
     assert engine.bundle_digest == manifest_digest(bundle_dir)
     assert engine.num_classes == 10
 
@@ -227,8 +227,10 @@ def test_refusals(engine: InferenceEngine, bundle_dir: Path) -> None:
         _problem(r, 413, "body-too-large")
         r = await post(client, b"PMCB\x01")
         _problem(r, 400, "malformed-request")
-        r = await post(client, ClassifyRequest.single("pmc2-fp-128-192/v1", good).to_bytes())
-        assert "pmc2-fp-8-8/v1" in _problem(r, 422, "unsupported-codec")["detail"]
+        r = await post(client, ClassifyRequest.single("pmc2-fp-128-192/v2", good).to_bytes())
+        assert "pmc2-fp-8-8/v2" in _problem(r, 422, "unsupported-codec")["detail"]
+        r = await post(client, ClassifyRequest.single("pmc2-fp-8-8/v1", good).to_bytes())
+        _problem(r, 422, "unsupported-codec")  # format-1 strings: not this service's codec
         r = await post(client, ClassifyRequest.single(cid, corrupt).to_bytes())
         assert _problem(r, 422, "invalid-bitstring")["index"] == 1
         r = await post(client, ClassifyRequest.single(cid, [good[0], b"\x00\x11\x80"]).to_bytes())
@@ -326,7 +328,7 @@ def test_mutated_bitstrings_never_500(
 
 def test_configuration_errors(bundle_dir: Path) -> None:
     with pytest.raises(ConfigError, match="does not name"):
-        InferenceEngine.load(_config(bundle_dir, codec_id="pmc2-fp-128-192/v1"))
+        InferenceEngine.load(_config(bundle_dir, codec_id="pmc2-fp-128-192/v2"))
     with pytest.raises(ConfigError, match="label names"):
         InferenceEngine.load(_config(bundle_dir, label_names=("a", "b")))
     with pytest.raises(ConfigError, match="digest"):
@@ -335,7 +337,7 @@ def test_configuration_errors(bundle_dir: Path) -> None:
         InferenceEngine.load(_config(bundle_dir / "missing"))
     pinned = manifest_digest(bundle_dir)
     engine = InferenceEngine.load(
-        _config(bundle_dir, expected_bundle_digest=pinned, codec_id="pmc2-fp-8-8/v1")
+        _config(bundle_dir, expected_bundle_digest=pinned, codec_id="pmc2-fp-8-8/v2")
     )
     assert engine.label_names == NAMES
 

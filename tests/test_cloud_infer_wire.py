@@ -25,24 +25,24 @@ from cloud_infer import (
 )
 from cloud_infer._config import BatchingOptions, CloudConfig, CloudLimits
 
-CODEC = "pmc2-fp-128-192/v1"
+CODEC = "pmc2-fp-128-192/v2"
 
 
 def test_single_round_trip_and_layout() -> None:
-    request = ClassifyRequest.single(CODEC, [b"\x20\x11abc", b"\x20\x11de"], top_k=3)
+    request = ClassifyRequest.single(CODEC, [b"\x42abcd", b"\x42def"], top_k=3)
     data = request.to_bytes()
     assert data[:4] == b"PMCB"
     assert data[4:8] == bytes([1, 0, 3, len(CODEC)])
     assert data[8 : 8 + len(CODEC)] == CODEC.encode()
     rest = data[8 + len(CODEC) :]
     assert rest[:6] == struct.pack(">HHH", 2, 5, 4)
-    assert rest[6:] == b"\x20\x11abc\x20\x11de"
+    assert rest[6:] == b"\x42abcd\x42def"
     assert ClassifyRequest.from_bytes(data) == request
     assert request.payload_bytes == 9
 
 
 def test_batch_round_trip_and_layout() -> None:
-    request = ClassifyRequest.batch(CODEC, b"\x30\x11\x05payload", 5)
+    request = ClassifyRequest.batch(CODEC, b"\x52\x05payload!", 5)
     data = request.to_bytes()
     assert data[5] == 1 and data[6] == 1
     rest = data[8 + len(CODEC) :]
@@ -72,7 +72,7 @@ def test_batch_round_trip_and_layout() -> None:
     ],
 )
 def test_strict_parsing(mutate: object, message: str) -> None:
-    data = ClassifyRequest.single(CODEC, [b"\x20\x11abc", b"\x20\x11de"]).to_bytes()
+    data = ClassifyRequest.single(CODEC, [b"\x42abcd", b"\x42def"]).to_bytes()
     with pytest.raises(WireError, match=message):
         ClassifyRequest.from_bytes(mutate(data))  # type: ignore[operator]
 

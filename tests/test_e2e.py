@@ -106,7 +106,7 @@ def _ok(stack: DevStack, http: httpx.Client, seed: int = 0) -> InferenceResult:
 def test_client_json_and_urls(stack: DevStack, http: httpx.Client) -> None:
     info = stack.client_info()
     assert stack.paths.client_json.is_file()
-    assert info["codec"] == "pmc2-fp-8-8/v1"
+    assert info["codec"] == "pmc2-fp-8-8/v2"
     assert http.get(info["jwks_url"]).json() == info["jwks"]
     for name in ("gateway", "attestation", "cloud", "enclave"):
         assert http.get(stack.url(name) + "/healthz").status_code == 200

@@ -178,11 +178,11 @@ def test_step8_other_bundle_than_pinned(tmp_path: Path) -> None:
 
 
 def test_step9_codec_not_the_policy_codec(tmp_path: Path) -> None:
-    egress = es.egress_policy(codec="pmc2-fp-128-192/v1")
+    egress = es.egress_policy(codec="pmc2-fp-128-192/v2")
     stack = es.open_stack(tmp_path / "state", egress=egress)
     try:
         err = _boot_error(stack.config())
-        assert err.step == 9 and "pmc2-fp-8-8/v1" in err.reason
+        assert err.step == 9 and "pmc2-fp-8-8/v2" in err.reason
     finally:
         es.close_stack(stack)
 

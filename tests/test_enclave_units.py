@@ -378,7 +378,7 @@ def test_guard_refusals_are_audited_and_never_sent() -> None:
             {"batch_form": True},
             "allow-listed",
         ),
-        ({}, ("pmc2-fp-128-192/v1", [stream], 2), {"batch_form": True}, "codec"),
+        ({}, ("pmc2-fp-128-192/v2", [stream], 2), {"batch_form": True}, "codec"),
         (
             {"policy": es.egress_policy(max_bytes_per_image=4)},
             (es.CODEC_ID, [stream], 2),
@@ -539,6 +539,6 @@ def test_guard_size_only_refusals_are_marked() -> None:
         _classify(_guard(cloud, policy=small), es.CODEC_ID, [stream], 2, batch_form=True)
     assert info.value.size_only
     with pytest.raises(EgressDeniedError) as info:
-        _classify(_guard(cloud, policy=small), "pmc2-fp-1-1/v1", [stream], 2, batch_form=True)
+        _classify(_guard(cloud, policy=small), "pmc2-fp-1-1/v2", [stream], 2, batch_form=True)
     assert not info.value.size_only  # codec and size: splitting cannot help
     assert not cloud.requests

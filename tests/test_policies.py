@@ -49,7 +49,7 @@ BUNDLE = "sha256:" + "ab" * 32
 def _egress_text(**overrides: str) -> str:
     fields = {
         "schema": '"pmc2/egress/v1"',
-        "codec": '"pmc2-fp-128-192/v1"',
+        "codec": '"pmc2-fp-128-192/v2"',
         "max_bytes_per_image": "64",
         "max_images_per_second": "100",
         "destinations": '["https://cloud.example:8443/v1/infer"]',
@@ -85,7 +85,7 @@ def test_default_contents() -> None:
     release = load_default("key_release")
     assert release.resources() == ("model-bundle-key", "cloud-credential")
     egress = load_default("egress")
-    assert egress.codec == "pmc2-fp-128-192/v1"
+    assert egress.codec == "pmc2-fp-128-192/v2"
     launch = load_default("launch_config")
     assert launch.is_template
     # The default launch configuration names the default egress policy, whose
@@ -325,7 +325,7 @@ def test_canonical_json_exact_bytes() -> None:
 def test_digest_is_sha384_of_canonical_json() -> None:
     egress = load_default("egress")
     assert egress.digest() == hashlib.sha384(canonical_json(egress.to_dict())).digest()
-    assert egress.canonical_json().startswith(b'{"codec":"pmc2-fp-128-192/v1",')
+    assert egress.canonical_json().startswith(b'{"codec":"pmc2-fp-128-192/v2",')
 
 
 def test_digest_stable_across_formatting_by_hand() -> None:
@@ -334,7 +334,7 @@ def test_digest_stable_across_formatting_by_hand() -> None:
         "# a comment\n\n"
         'destinations = [\n  "HTTPS://Cloud.Example:8443/v1/infer/",  # trailing comment\n]\n'
         "max_images_per_second=100\n"
-        "codec    =    'pmc2-fp-128-192/v1'\n"
+        "codec    =    'pmc2-fp-128-192/v2'\n"
         "max_bytes_per_image = 0x40\n"
         'schema = "pmc2/egress/v1"\n'
     )
@@ -355,7 +355,7 @@ def test_digest_stable_across_formatting_by_hand() -> None:
         ("key_release", lambda d: replace(d, rules=d.rules[:1])),
         ("key_release", lambda d: replace(d, rules=(ReleaseRule("x", measurements=(M1,)),))),
         ("egress", lambda d: replace(d, max_bytes_per_image=d.max_bytes_per_image + 1)),
-        ("egress", lambda d: replace(d, codec="pmc2-fp-128-192/v2")),
+        ("egress", lambda d: replace(d, codec="pmc2-fp-128-192/v3")),
         ("egress", lambda d: replace(d, destinations=(Endpoint.parse("http://127.0.0.1:8403"),))),
     ],
 )
@@ -772,7 +772,7 @@ def test_endpoint_allows_itself_and_below(entry: Endpoint, extra: list[str]) -> 
 
 def test_egress_violations() -> None:
     policy = EgressPolicy.from_toml(_egress_text())
-    ok = {"codec": "pmc2-fp-128-192/v1", "destination": "https://cloud.example:8443/v1/infer"}
+    ok = {"codec": "pmc2-fp-128-192/v2", "destination": "https://cloud.example:8443/v1/infer"}
     assert policy.violations(size=8, **ok) == []
     assert policy.violations(size=64, **ok) == []
     assert len(policy.violations(size=65, **ok)) == 1

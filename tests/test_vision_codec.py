@@ -68,7 +68,7 @@ def test_update_is_required(images: torch.Tensor) -> None:
     with pytest.raises(CodecError, match="update"):
         encode_single(c, images)
     with pytest.raises(CodecError, match="update"):
-        decode_single(c, [b"\x20\x11\x01"])
+        decode_single(c, [StreamHeader(batch=False, height=2, width=2).to_bytes() + b"\x01"])
 
 
 def test_single_strings_are_compressai_strings(codec: Any, images: torch.Tensor) -> None:
@@ -77,9 +77,11 @@ def test_single_strings_are_compressai_strings(codec: Any, images: torch.Tensor)
         reference = codec.compress(images)
     ref_strings = reference["strings"][0]
     assert tuple(reference["shape"]) == (2, 2)
+    header = StreamHeader(batch=False, height=2, width=2).to_bytes()
+    assert header == b"\x42"
     for ours, theirs in zip(strings, ref_strings, strict=True):
-        assert ours[:2] == StreamHeader(batch=False, height=2, width=2).to_bytes()
-        assert ours[2:] == theirs.rstrip(b"\x00")
+        assert ours[:1] == header
+        assert ours[1:] == theirs.rstrip(b"\x00")
     y_hat = decode_single_latents(codec, strings)
     y_ref = codec.entropy_bottleneck.decompress(ref_strings, (2, 2))
     assert torch.equal(y_hat, y_ref)
@@ -128,12 +130,116 @@ def test_escape_coded_symbols_round_trip(codec: Any) -> None:
 
 
 def test_header_sizes() -> None:
-    assert len(StreamHeader(batch=False, height=2, width=2).to_bytes()) == 2
-    assert len(StreamHeader(batch=True, height=2, width=2, count=256).to_bytes()) == 4
-    assert len(StreamHeader(batch=True, height=2, width=2, count=127).to_bytes()) == 3
+    assert FORMAT_VERSION == 2
+    # CIFAR-10 (latent 2 x 2): 1 byte single, 2 bytes per batch of <= 127, 3 of <= 16383
+    assert StreamHeader(batch=False, height=2, width=2).to_bytes() == b"\x42"
+    assert StreamHeader(batch=True, height=2, width=2, count=127).to_bytes() == b"\x52\x7f"
+    assert StreamHeader(batch=True, height=2, width=2, count=256).to_bytes() == b"\x52\x80\x02"
     big = StreamHeader(batch=False, height=17, width=300)
+    assert big.to_bytes() == b"\x40\x11\xac\x02"
     assert StreamHeader.parse(big.to_bytes(), CodecLimits(max_latent_side=300)) == (big, 4)
-    assert FORMAT_VERSION == 1
+
+
+@pytest.mark.parametrize("side", range(1, 16))
+def test_square_grids_up_to_15_use_the_nibble(side: int) -> None:
+    single = StreamHeader(batch=False, height=side, width=side)
+    batch = StreamHeader(batch=True, height=side, width=side, count=3)
+    assert single.square_nibble == side
+    assert single.to_bytes() == bytes([0x40 | side])
+    assert batch.to_bytes() == bytes([0x50 | side, 3])
+    assert StreamHeader.parse(single.to_bytes() + b"\x01") == (single, 1)
+    assert StreamHeader.parse(batch.to_bytes() + b"\x01") == (batch, 2)
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(16, 16), (17, 17), (2, 3), (3, 2), (1, 15), (15, 16), (1, 200)]
+)
+def test_other_grids_use_varints(height: int, width: int) -> None:
+    limits = CodecLimits(max_latent_side=200)
+    single = StreamHeader(batch=False, height=height, width=width)
+    assert single.square_nibble == 0
+    shape = bytearray()
+    for side in (height, width):
+        shape += bytes([side]) if side < 128 else bytes([side & 0x7F | 0x80, side >> 7])
+    assert single.to_bytes() == b"\x40" + shape
+    assert StreamHeader.parse(single.to_bytes(), limits) == (single, 1 + len(shape))
+    batch = StreamHeader(batch=True, height=height, width=width, count=256)
+    assert batch.to_bytes() == b"\x50" + shape + b"\x80\x02"
+    assert StreamHeader.parse(batch.to_bytes(), limits) == (batch, 3 + len(shape))
+
+
+@pytest.mark.parametrize("side", [1, 2, 15])
+def test_varint_square_grid_that_fits_the_nibble_is_non_canonical(
+    codec: Any, images: torch.Tensor, side: int
+) -> None:
+    for first, tail in ((0x40, b""), (0x50, b"\x01")):
+        data = bytes([first, side, side]) + tail + b"\xff" * 8
+        with pytest.raises(CodecError, match="non-canonical"):
+            StreamHeader.from_bytes(data)
+    # the codec's own payload behind the non-canonical header is refused as well
+    good = encode_single(codec, images[:1])[0]
+    with pytest.raises(CodecError, match="non-canonical"):
+        decode_single(codec, [bytes([0x40, 2, 2]) + good[1:]])
+    stream = encode_batch(codec, images[:2])
+    with pytest.raises(CodecError, match="non-canonical"):
+        decode_batch(codec, bytes([0x50, 2, 2]) + stream[1:])
+
+
+def test_version_1_refused(codec: Any, images: torch.Tensor) -> None:
+    good = encode_single(codec, images[:1])[0]
+    stream = encode_batch(codec, images[:2])
+    # the same payloads behind the version-1 headers (flags byte, compact shape byte)
+    v1_single = b"\x20\x11" + good[1:]
+    v1_batch = b"\x30\x11\x02" + stream[2:]
+    with pytest.raises(CodecError, match="unsupported bit-string format version 1"):
+        decode_single(codec, [v1_single])
+    with pytest.raises(CodecError, match="unsupported bit-string format version 1"):
+        decode_batch(codec, v1_batch)
+    with pytest.raises(CodecError, match="unsupported bit-string format version 1"):
+        StreamHeader(batch=False, height=2, width=2, version=1)
+    for version in (0, 3, 7):
+        with pytest.raises(CodecError, match=f"format version {version}"):
+            decode_single(codec, [bytes([version << 5 | 0x02]) + good[1:]])
+
+
+@pytest.mark.parametrize("batch_form", [False, True], ids=["single", "batch"])
+@pytest.mark.parametrize(
+    ("size", "nibble"),
+    [((32, 32), 2), ((240, 240), 15), ((48, 32), 0), ((256, 256), 0)],
+    ids=["nibble-2", "nibble-15", "varint-3x2", "varint-16x16"],
+)
+def test_forms_and_shapes_round_trip(
+    codec: Any, batch_form: bool, size: tuple[int, int], nibble: int
+) -> None:
+    torch.manual_seed(4)
+    x = torch.rand(2, 3, *size)
+    height, width = size[0] // 16, size[1] // 16
+    symbols = quantized_latents(codec, x)
+    medians = codec.entropy_bottleneck.quantiles[:, 0, 1].detach().reshape(1, -1, 1, 1)
+    with torch.inference_mode():
+        expected = codec.g_s(symbols + medians).clamp(0.0, 1.0)
+    if batch_form:
+        stream = encode_batch(codec, x)
+        header, pos = StreamHeader.parse(stream)
+        assert header == StreamHeader(batch=True, height=height, width=width, count=2)
+        decoded = decode_batch(codec, stream)
+    else:
+        strings = encode_single(codec, x)
+        with torch.inference_mode():
+            reference = codec.compress(x)
+        for string, theirs in zip(strings, reference["strings"][0], strict=True):
+            header, pos = StreamHeader.parse(string)
+            assert header == StreamHeader(batch=False, height=height, width=width)
+            assert string[pos:] == theirs.rstrip(b"\x00")
+        decoded = decode_single(codec, strings)
+        with torch.inference_mode():
+            assert torch.allclose(
+                decoded, codec.decompress(reference["strings"], (height, width))["x_hat"]
+            )
+    assert header.square_nibble == nibble
+    assert pos == (1 if nibble else 3) + (1 if batch_form else 0)
+    assert decoded.shape == x.shape
+    assert torch.equal(decoded, expected)
 
 
 def test_sizes_reported(codec: Any, images: torch.Tensor) -> None:
@@ -182,16 +288,20 @@ def test_mixed_shapes_rejected(codec: Any) -> None:
     "data",
     [
         b"",
-        bytes([0x00, 0x11, 0xFF]),  # version 0
-        bytes([0x40, 0x11, 0xFF]),  # version 2
-        bytes([0x21, 0x11, 0xFF]),  # reserved bit
-        bytes([0x28, 0x02, 0x02, 0xFF]),  # varint shape where the compact form fits
-        bytes([0x28, 0x82, 0x00, 0x02, 0xFF]),  # non-minimal varint
-        bytes([0x28, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # varint too long
-        bytes([0x28, 0x80]),  # truncated varint
-        bytes([0x20]),  # truncated shape
-        bytes([0x20, 0x11]),  # no payload
-        bytes([0x28, 0xFF, 0xFF, 0x03, 0x02, 0xFF]),  # absurd height
+        bytes([0x02, 0xFF]),  # version 0
+        bytes([0x20, 0x11, 0xFF]),  # version 1 (its flags byte and compact shape byte)
+        bytes([0x62, 0xFF]),  # version 3
+        bytes([0xE2, 0xFF]),  # version 7
+        bytes([0x40, 0x02, 0x02, 0xFF]),  # varint shape where the nibble fits
+        bytes([0x40, 0x82, 0x00, 0x02, 0xFF]),  # non-minimal varint
+        bytes([0x40, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # varint too long
+        bytes([0x40, 0x80]),  # truncated varint
+        bytes([0x40]),  # truncated shape
+        bytes([0x40, 0x10]),  # truncated shape (no width)
+        bytes([0x40, 0x00, 0x02, 0xFF]),  # zero height
+        bytes([0x42]),  # no payload
+        bytes([0x52, 0x01, 0xFF]),  # batch form
+        bytes([0x40, 0xFF, 0xFF, 0x03, 0x02, 0xFF]),  # absurd height
     ],
 )
 def test_bad_headers(codec: Any, data: bytes) -> None:
@@ -203,11 +313,11 @@ def test_absurd_counts_refused_before_decoding(codec: Any) -> None:
     huge = StreamHeader(batch=True, height=2, width=2, count=4096).to_bytes() + b"\x01" * 8
     with pytest.raises(CodecError, match="symbols"):
         decode_batch(codec, huge, limits=CodecLimits(max_symbols=1000))
-    over = bytes([0x30, 0x11]) + b"\xff\xff\x03" + b"\x01" * 8  # count 65535
+    over = bytes([0x52]) + b"\xff\xff\x03" + b"\x01" * 8  # count 65535
     with pytest.raises(CodecError, match="count"):
         decode_batch(codec, over)
     with pytest.raises(CodecError, match="at least one"):
-        decode_batch(codec, bytes([0x30, 0x11, 0x00]) + b"\x01" * 8)  # count 0 (non-canonical)
+        decode_batch(codec, bytes([0x52, 0x00]) + b"\x01" * 8)  # count 0 (non-canonical)
 
 
 def test_payload_checks(codec: Any, images: torch.Tensor) -> None:
@@ -215,7 +325,7 @@ def test_payload_checks(codec: Any, images: torch.Tensor) -> None:
     with pytest.raises(CodecError, match="trailing zero"):
         decode_single(codec, [good + b"\x00"])
     with pytest.raises(CodecError, match="initial state"):
-        decode_single(codec, [good[:2] + b"\x01"])
+        decode_single(codec, [good[:1] + b"\x01"])
     with pytest.raises(CodecError, match="limit"):
         decode_single(codec, [good], limits=CodecLimits(max_payload_bytes=4))
 
@@ -238,7 +348,7 @@ def test_every_truncation_and_extension_rejected(codec: Any, images: torch.Tenso
 
 def test_bit_flips_rejected(codec: Any, images: torch.Tensor) -> None:
     good = encode_single(codec, images[:1])[0]
-    for i in range(2, len(good)):
+    for i in range(1, len(good)):  # every payload byte (the header is one byte)
         for bit in (0, 3, 7):
             flipped = bytearray(good)
             flipped[i] ^= 1 << bit
@@ -379,7 +489,7 @@ def test_table_cache_follows_update(images: torch.Tensor) -> None:
     after = encode_single(c, images[:2])
     with torch.inference_mode():
         reference = c.compress(images[:2])["strings"][0]
-    assert [s[2:] for s in after] == [r.rstrip(b"\x00") for r in reference]
+    assert [s[1:] for s in after] == [r.rstrip(b"\x00") for r in reference]
     assert after != before
     # an in-place change of the tables is noticed as well (symbols decode one lower)
     latents = decode_single_latents(c, after)

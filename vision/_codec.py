@@ -16,30 +16,32 @@ Two forms, both self-describing:
   concatenated symbols of all images (image-major, then channel, row, column), so the
   8-byte final flush of the rANS state is paid once per batch instead of once per image.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
-    byte 0      bits 7..5  format version (1)
+    byte 0      bits 7..5  format version (2)
                 bit  4     form: 0 = single image, 1 = batch
-                bit  3     shape: 0 = compact (one byte), 1 = two varints
-                bits 2..0  reserved, zero
-    shape       compact: one byte (h - 1) << 4 | (w - 1), for latent sides 1..16
-                           (images up to 256 x 256 pixels)
-                varints: h, w (unsigned LEB128, minimal), only when a side exceeds 16
+                bits 3..0  shape: s in 1..15 is the square latent grid s x s (images up
+                           to 240 x 240 pixels) and nothing more follows for the shape;
+                           0 means two varints h, w follow
+    shape       only when the nibble is 0: h, w (unsigned LEB128, minimal)
     count       batch form only: varint, the number of images (>= 1)
     payload     the rANS stream: little-endian 32-bit words as CompressAI writes them,
                 trailing zero bytes removed (the decoder reads zeros past the end)
 
+The encoding is canonical: the nibble is used whenever ``h == w <= 15``, the varints
+only otherwise (a square grid that fits the nibble written as varints is refused).
 ``h x w`` is the latent grid; the decoded image is ``16h x 16w`` pixels and carries
 ``M`` (the codec's latent channels) x ``h`` x ``w`` symbols per image. A CIFAR-10 image
-(32 x 32, latent 2 x 2) costs a 2-byte header as a single string and 4 bytes per batch
-of up to 16383 images. Trailing-zero removal makes a short stream cost about
-``(31 + information bits) / 8`` bytes instead of a whole number of 4-byte words.
+(32 x 32, latent 2 x 2) costs a 1-byte header as a single string, and a batch stream
+2 bytes for up to 127 images or 3 bytes for up to 16383. Trailing-zero removal makes a
+short stream cost about ``(31 + information bits) / 8`` bytes instead of a whole number
+of 4-byte words. Version 1 (a flags byte with a separate shape byte) is not read.
 
 Decoding validates, in this order, before anything is allocated in proportion to the
 claimed size or handed to native code:
 
-1. the header parses, its reserved bits are zero, the version is known, the form is the
-   one asked for, the encoding is canonical (re-serialising it gives the same bytes);
+1. the header parses, the version is known, the form is the one asked for, the encoding
+   is canonical (re-serialising it gives the same bytes);
 2. count, latent sides and total symbols are within :class:`CodecLimits`;
 3. the payload is non-empty, within the byte limit, has no trailing zero byte, and its
    initial rANS state (first 8 bytes, little-endian) is at least ``2**31``, the rANS
@@ -84,12 +86,13 @@ __all__ = [
     "quantized_latents",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """The bit-string format version this module writes and reads."""
 
 _FORM_SINGLE = 0
 _FORM_BATCH = 1
-_COMPACT_SIDE = 16
+_MAX_NIBBLE_SIDE = 15
+_VARINT_SHAPE = 0
 _DOWNSAMPLING = 16
 _MAX_ABS_SYMBOL = 1 << 16
 _RANS_L = 1 << 31
@@ -196,19 +199,18 @@ class StreamHeader:
             raise CodecError("the single form holds exactly one image")
 
     @property
-    def compact_shape(self) -> bool:
-        """Whether the shape fits the one-byte form."""
-        return self.height <= _COMPACT_SIDE and self.width <= _COMPACT_SIDE
+    def square_nibble(self) -> int:
+        """The shape nibble of byte 0: the side of a square grid up to 15, else 0 (varints)."""
+        if self.height == self.width <= _MAX_NIBBLE_SIDE:
+            return self.height
+        return _VARINT_SHAPE
 
     def to_bytes(self) -> bytes:
-        """Serialise canonically (compact shape whenever it fits)."""
-        out = bytearray()
-        flags = (self.version << 5) | ((_FORM_BATCH if self.batch else _FORM_SINGLE) << 4)
-        if self.compact_shape:
-            out.append(flags)
-            out.append(((self.height - 1) << 4) | (self.width - 1))
-        else:
-            out.append(flags | 0x08)
+        """Serialise canonically (the shape nibble whenever the grid is square, side <= 15)."""
+        nibble = self.square_nibble
+        form = _FORM_BATCH if self.batch else _FORM_SINGLE
+        out = bytearray([(self.version << 5) | (form << 4) | nibble])
+        if nibble == _VARINT_SHAPE:
             _put_varint(self.height, out)
             _put_varint(self.width, out)
         if self.batch:
@@ -224,8 +226,8 @@ class StreamHeader:
     def parse(cls, data: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> tuple[StreamHeader, int]:
         """Parse the header at the start of ``data``; returns it and the payload offset.
 
-        Checks: known version, reserved bits zero, canonical encoding, and the count and
-        shape within ``limits``.
+        Checks: known version, canonical encoding (the shape nibble for a square grid of
+        side up to 15, minimal varints), and the count and shape within ``limits``.
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise CodecError(f"a bit-string must be bytes, got {type(data).__name__}")
@@ -236,19 +238,14 @@ class StreamHeader:
         version = first >> 5
         if version != FORMAT_VERSION:
             raise CodecError(f"unsupported bit-string format version {version}")
-        if first & 0x07:
-            raise CodecError("reserved header bits are set")
         batch = bool(first & 0x10)
+        nibble = first & 0x0F
         pos = 1
-        if first & 0x08:
+        if nibble == _VARINT_SHAPE:
             height, pos = _get_varint(data, pos, "latent height")
             width, pos = _get_varint(data, pos, "latent width")
         else:
-            if len(data) < 2:
-                raise CodecError("bit-string truncated inside the shape")
-            height = (data[1] >> 4) + 1
-            width = (data[1] & 0x0F) + 1
-            pos = 2
+            height = width = nibble
         count = 1
         if batch:
             count, pos = _get_varint(data, pos, "image count")

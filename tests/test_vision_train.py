@@ -315,15 +315,23 @@ def test_assemble_bundle_evaluates_and_loads(tmp_path: Path) -> None:
         "codec": tmp_path / "c",
     }
     metrics = assemble_bundle(
-        tmp_path / "bundle", dirs, VAL, commands=["pmc2 train bundle"], notes=["tiny"]
+        tmp_path / "bundle",
+        dirs,
+        VAL,
+        commands=["pmc2 train bundle"],
+        generator_warm_start=["pmc2 train generator  # stage 1"],
+        codec_warm_start=["pmc2 train codec  # first run"],
+        notes=["tiny"],
     )
     ev = metrics["evaluation"]
     assert ev["images"] == len(VAL)
     assert {"clean", "protected", "neural", "neural_batched"} <= set(ev)
     assert ev["neural"]["bytes"] > ev["neural_batched"]["bytes_per_image"] > 0
     bundle = load_bundle(tmp_path / "bundle")
-    assert bundle.manifest.commands[-3:] == (
+    assert bundle.manifest.commands[-5:] == (
+        "pmc2 train generator  # stage 1",
         "pmc2 train generator",
+        "pmc2 train codec  # first run",
         "pmc2 train codec",
         "pmc2 train bundle",
     )

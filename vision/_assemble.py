@@ -112,6 +112,7 @@ def assemble_bundle(
     *,
     commands: Sequence[str] = (),
     generator_warm_start: Sequence[str] = (),
+    codec_warm_start: Sequence[str] = (),
     notes: Sequence[str] = (),
     device: torch.device | None = None,
     progress: bool = False,
@@ -119,7 +120,8 @@ def assemble_bundle(
     """Load the trained networks of ``dirs`` (role → training output directory), evaluate
     them on ``evaluation`` and write them as a bundle (manifest with configs, digests,
     the training commands and the metrics). ``generator_warm_start``: the commands that
-    produced the weights the generator run started from (``--init``), recorded before it.
+    produced the weights the generator run started from (``--init``), recorded before it;
+    ``codec_warm_start`` likewise for the codec.
     Returns the metrics written."""
     from vision._bundle import write_bundle
     from vision._train import (
@@ -156,6 +158,8 @@ def assemble_bundle(
     for role in ("target", "aux", "generator", "codec"):
         if role == "generator":
             train_commands += generator_warm_start  # what produced the generator's --init
+        if role == "codec":
+            train_commands += codec_warm_start  # what produced the codec's --init
         if role in training and training[role]["command"]:
             train_commands.append(training[role]["command"])
     metrics = {

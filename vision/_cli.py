@@ -165,6 +165,13 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
         metavar="CMD",
         help="command that produced the generator's --init weights (recorded)",
     )
+    bun.add_argument(
+        "--codec-warm-start",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="command that produced the codec's --init weights (recorded)",
+    )
     bun.add_argument("--device", default=None)
     bun.add_argument("--threads", type=int, default=None)
     bun.add_argument("--no-progress", action="store_true")
@@ -402,6 +409,7 @@ def _train_bundle(args: argparse.Namespace) -> int:
         evaluation,
         commands=[_command()],
         generator_warm_start=args.generator_warm_start,
+        codec_warm_start=args.codec_warm_start,
         notes=args.note,
         device=device,
         progress=not args.no_progress,

@@ -929,14 +929,17 @@ def train_codec(
             mse = F.mse_loss(x_hat, x)
             loss = mse + cfg.lmbda * bpp
             ce = torch.zeros((), device=device)
-            if cfg.ce_weight > 0 and target is not None:
-                ce = F.cross_entropy(target(x_hat.clamp(0, 1)), y_train[idx].to(device))
+            logits = torch.zeros((), device=device)
+            if (cfg.ce_weight > 0 or cfg.kd_weight > 0) and target is not None:
+                logits = target(x_hat.clamp(0, 1))  # one pass serves both terms
+            if cfg.ce_weight > 0:
+                ce = F.cross_entropy(logits, y_train[idx].to(device))
                 loss = loss + cfg.ce_weight * ce
             kd = torch.zeros((), device=device)
-            if cfg.kd_weight > 0 and target is not None:
+            if cfg.kd_weight > 0:
                 temp = cfg.kd_temperature
                 teacher = teacher_logits[idx].to(device).div(temp).log_softmax(dim=1)
-                student = F.log_softmax(target(x_hat.clamp(0, 1)) / temp, dim=1)
+                student = F.log_softmax(logits / temp, dim=1)
                 kd = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
                 loss = loss + cfg.kd_weight * temp * temp * kd
             opt.zero_grad(set_to_none=True)

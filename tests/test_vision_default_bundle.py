@@ -11,7 +11,7 @@ import torch
 from tests.conftest import require_shared
 from vision import DEFAULT_BUNDLE_DIR, load_bundle, read_manifest
 from vision._bench import BandwidthConfig, evaluation_sample, run_bandwidth
-from vision._bundle import MANIFEST_NAME, MAX_BUNDLE_BYTES
+from vision._bundle import DEFAULT_BUNDLE_BUDGET, MANIFEST_NAME
 from vision._data import default_cache_dir, load_cifar10, split_test
 
 
@@ -36,7 +36,7 @@ def _threads() -> Iterator[None]:
 def test_default_bundle_is_complete() -> None:
     manifest = read_manifest(DEFAULT_BUNDLE_DIR)
     assert set(manifest.networks) >= {"target", "generator", "codec"}
-    assert manifest.total_bytes <= MAX_BUNDLE_BYTES
+    assert manifest.total_bytes <= DEFAULT_BUNDLE_BUDGET
     assert manifest.commands, "the manifest records the training commands"
     assert manifest.networks["codec"].arch == "factorized_prior"
     for entry in manifest.networks.values():

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from vision._bench import BandwidthConfig, run_bandwidth, run_speed
 from vision._bundle import (
+    DEFAULT_BUNDLE_BUDGET,
     DEFAULT_BUNDLE_DIR,
     MAX_BUNDLE_BYTES,
     ROLES,
@@ -107,6 +108,7 @@ def __getattr__(name: str) -> Any:
 __all__: list[str] = [
     "CIFAR10_CLASSES",
     "CLASSIFIER_ARCHS",
+    "DEFAULT_BUNDLE_BUDGET",
     "DEFAULT_BUNDLE_DIR",
     "FORMAT_VERSION",
     "MAX_BUNDLE_BYTES",

@@ -170,6 +170,50 @@ def test_generator_abs_ssim_term(tmp_path: Path) -> None:
     assert record["val_abs_ssim"] == pytest.approx(float(per_image.abs().mean()), abs=1e-4)
 
 
+def test_generator_with_codec_in_the_loop(tmp_path: Path) -> None:
+    """codec_weight / codec_rate_weight train through a frozen codec and validate with
+    the real entropy coder; the codec's weights do not move."""
+    from vision._codec import make_codec
+
+    target_dir, aux_dir = _tiny_classifiers(tmp_path)
+    target, _ = load_classifier_dir(target_dir)
+    aux, _ = load_classifier_dir(aux_dir)
+    torch.manual_seed(0)
+    codec = make_codec(N=8, M=8)
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    cfg = GeneratorTrainConfig(
+        base=4,
+        epochs=2,
+        batch_size=64,
+        lr=5e-3,
+        bf16=False,
+        aux_ce_cap=3.0,
+        codec_weight=1.0,
+        codec_rate_weight=0.01,
+    )
+    with pytest.raises(TrainError, match="codec"):
+        train_generator(cfg, TRAIN, VAL, tmp_path / "x", target=target, aux=aux, device=CPU)
+    metrics = train_generator(
+        cfg,
+        TRAIN,
+        VAL,
+        tmp_path / "g",
+        target=target,
+        aux=aux,
+        device=CPU,
+        progress=False,
+        codec=codec,
+    )
+    last = metrics[-1]
+    assert last["train_ce_codec"] > 0 and last["train_bpp"] > 0
+    assert 0 <= last["val_codec_decoded_accuracy"] <= 1
+    assert last["val_codec_bytes_per_image"] > 0
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    for name, value in codec.state_dict().items():
+        if not name.endswith(("_quantized_cdf", "_offset", "_cdf_length")):
+            torch.testing.assert_close(value, before[name], msg=name)
+
+
 def test_codec_improves_and_loads(tmp_path: Path) -> None:
     from vision._models import build_generator
 

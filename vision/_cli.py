@@ -103,6 +103,24 @@ def register(sub: argparse._SubParsersAction[Any], bench: argparse._SubParsersAc
         help="penalise |SSIM| per image (a negative SSIM is a photographic negative)",
     )
     gen.add_argument(
+        "--codec",
+        type=Path,
+        default=None,
+        help="trained codec dir, frozen, for the codec-in-the-loop terms",
+    )
+    gen.add_argument(
+        "--codec-weight",
+        type=float,
+        default=None,
+        help="+ weight * CE(target(codec(x')), y) (needs --codec)",
+    )
+    gen.add_argument(
+        "--codec-rate-weight",
+        type=float,
+        default=None,
+        help="+ weight * bits per pixel of x' under the codec (needs --codec)",
+    )
+    gen.add_argument(
         "--init", default=None, help="warm start from generator weights (a .safetensors file)"
     )
     gen.add_argument("--eval-images", type=int, default=None)
@@ -304,17 +322,29 @@ def _train_generator(args: argparse.Namespace) -> int:
                 "aux_weight": "aux_weight",
                 "aux_cap": "aux_ce_cap",
                 "ssim_abs": "ssim_abs",
+                "codec_weight": "codec_weight",
+                "codec_rate_weight": "codec_rate_weight",
                 "init": "init_from",
                 "max_train": "max_train",
                 "eval_images": "eval_images",
             },
         ),
     )
+    codec = None
+    if args.codec is not None:
+        from vision._train import load_codec_dir
+
+        codec = load_codec_dir(args.codec)[0]
+    elif cfg.codec_weight > 0 or cfg.codec_rate_weight > 0:
+        print("--codec-weight and --codec-rate-weight need --codec DIR", file=sys.stderr)
+        return 2
     train, val, _ = _load(args)
-    provenance = {
+    provenance: dict[str, Any] = {
         "target": {"dir": str(args.target), "arch": t_meta["arch"], "config": t_meta["config"]},
         "aux": {"dir": str(args.aux), "arch": a_meta["arch"], "config": a_meta["config"]},
     }
+    if args.codec is not None:
+        provenance["codec"] = {"dir": str(args.codec)}
     metrics = train_generator(
         cfg,
         train,
@@ -327,6 +357,7 @@ def _train_generator(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=_command(),
         provenance=provenance,
+        codec=codec,
     )
     print(json.dumps(metrics[-1] if metrics else {}))
     return 0

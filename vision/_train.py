@@ -570,6 +570,11 @@ class GeneratorTrainConfig:
     # penalise |SSIM| per image instead of SSIM: a strongly negative SSIM is a photographic
     # negative of the original, which shows its content as plainly as the original does
     ssim_abs: bool = False
+    # codec in the loop (a trained, frozen codec passed to train_generator): + codec_weight
+    # * CE(target(codec(x')), y) + codec_rate_weight * bpp(x'), so the perturbation learns
+    # to survive the neural codec at few bits
+    codec_weight: float = 0.0
+    codec_rate_weight: float = 0.0
     init_from: str | None = None  # warm start: generator weights (.safetensors) to start from
     seed: int = 0
     bf16: bool | None = None
@@ -638,17 +643,27 @@ def train_generator(
     command: str = "",
     provenance: Mapping[str, Any] | None = None,
     stop_after: int | None = None,
+    codec: nn.Module | None = None,
 ) -> list[dict[str, Any]]:
     """Train the U-Net: CE(target(x'), y) - CE(aux(x'), y) + 0.5 SSIM(x, x').
 
     Target and auxiliary classifiers are frozen; AdamW with linear warm-up and cosine
     decay. Validation reports the target's accuracy on 8-bit protected images and SSIM.
+    With a frozen ``codec`` and ``codec_weight`` / ``codec_rate_weight``, the decoded
+    image's cross-entropy and the rate join the loss (decoder on straight-through rounded
+    latents, rate from the noisy-latent likelihoods, both in float32), and validation
+    also codes the protected images with the real entropy coder.
     """
     device = device or pick_device()
     bf16 = _use_bf16(device, cfg.bf16)
+    in_loop = cfg.codec_weight > 0 or cfg.codec_rate_weight > 0
+    if in_loop and codec is None:
+        raise TrainError("codec_weight or codec_rate_weight > 0 needs the trained codec")
     _prepare_out(out, resume)
     target = _freeze(target.to(device))  # type: ignore[assignment]
     aux = _freeze(aux.to(device))  # type: ignore[assignment]
+    if codec is not None:
+        codec = _freeze(codec.to(device))
     torch.manual_seed(cfg.seed)
     gen_net = build_generator("unet", {"base": cfg.base}).to(device)
     if cfg.init_from is not None:
@@ -672,7 +687,8 @@ def train_generator(
         gen_net.train()
         rng = _epoch_generator(cfg.seed, epoch)
         t0 = time.monotonic()
-        sums = {"loss": 0.0, "ce_target": 0.0, "ce_aux": 0.0, "ssim": 0.0}
+        sums = {"loss": 0.0, "ce_target": 0.0, "ce_aux": 0.0, "ssim": 0.0, "ce_codec": 0.0}
+        sums["bpp"] = 0.0
         seen = 0
         for idx in _progress(
             _batches(n_train, cfg.batch_size, rng, drop_last=True), f"epoch {epoch + 1}", progress
@@ -695,6 +711,10 @@ def train_generator(
             )
             ce_a_term = ce_a if cfg.aux_ce_cap is None else ce_a.clamp(max=cfg.aux_ce_cap)
             loss = ce_t - cfg.aux_weight * ce_a_term + cfg.ssim_weight * sim
+            ce_c = bpp = torch.zeros((), device=device)
+            if in_loop and codec is not None:
+                ce_c, bpp = _through_codec(codec, target, xp.float(), y)
+                loss = loss + cfg.codec_weight * ce_c + cfg.codec_rate_weight * bpp
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
@@ -706,6 +726,8 @@ def train_generator(
                 ("ce_target", ce_t),
                 ("ce_aux", ce_a),
                 ("ssim", sim),
+                ("ce_codec", ce_c),
+                ("bpp", bpp),
             ):
                 sums[key] += float(value.detach()) * b
         train_time = time.monotonic() - t0
@@ -719,6 +741,15 @@ def train_generator(
                 ).items()
             }
         )
+        if codec is not None:
+            coded = evaluate_codec(
+                codec,
+                target,
+                _protect_all(gen_net, val_eval.images, device, False),
+                torch.from_numpy(val_eval.labels),
+                device=device,
+            )
+            record.update({f"val_codec_{k}": v for k, v in coded.items()})
         record["seconds"] = train_time
         ckpt.epoch = epoch + 1
         ckpt.metrics.append(record)
@@ -742,6 +773,21 @@ def train_generator(
         },
     )
     return ckpt.metrics
+
+
+def _through_codec(codec: Any, target: nn.Module, xp: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """CE of the target on the codec's reconstruction of ``xp``, and its rate in bits per
+    pixel; gradients reach ``xp`` (the frozen codec is not updated)."""
+    from compressai.ops import quantize_ste
+
+    latents = codec.g_a(xp)
+    _, likelihoods = codec.entropy_bottleneck(latents, training=True)
+    medians = codec.entropy_bottleneck._get_medians().detach()
+    x_hat = codec.g_s(quantize_ste(latents - medians) + medians).clamp(0.0, 1.0)
+    ce = F.cross_entropy(target(x_hat).float(), y)
+    pixels = xp.shape[0] * xp.shape[2] * xp.shape[3]
+    bpp = torch.log(likelihoods.float()).sum() / (-math.log(2) * pixels)
+    return ce, bpp
 
 
 # --- codec ------------------------------------------------------------------------------

@@ -364,7 +364,7 @@ def test_assemble_bundle_evaluates_and_loads(tmp_path: Path) -> None:
         VAL,
         commands=["pmc2 train bundle"],
         generator_warm_start=["pmc2 train generator  # stage 1"],
-        codec_warm_start=["pmc2 train codec  # first run"],
+        codec_warm_start=["pmc2 train codec  # first run", "pmc2 train codec"],
         notes=["tiny"],
     )
     ev = metrics["evaluation"]

@@ -160,8 +160,11 @@ def assemble_bundle(
             train_commands += generator_warm_start  # what produced the generator's --init
         if role == "codec":
             train_commands += codec_warm_start  # what produced the codec's --init
-        if role in training and training[role]["command"]:
-            train_commands.append(training[role]["command"])
+        command = training[role]["command"] if role in training else ""
+        # a command already listed (e.g. a codec the generator trained against, listed
+        # among the generator's warm-start commands) is not repeated
+        if command and command not in train_commands:
+            train_commands.append(command)
     metrics = {
         "evaluation": figures,
         "evaluation_split": "CIFAR-10 test set, evaluation half (vision._data.split_test)",

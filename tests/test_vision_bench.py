@@ -282,10 +282,13 @@ def test_cli_bandwidth(
             str(out / "bw.md"),
             "--plot",
             str(out / "bw.png"),
+            "--samples",
+            str(out / "samples.png"),
             "--no-progress",
         ]
     )
     assert status == 0
+    assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads((out / "bw.json").read_text())
     assert result["images"] == 12
     assert result["protected"]["neural_batched"]["streams"] == 3

@@ -52,6 +52,7 @@ __all__ = [
     "evaluation_sample",
     "run_bandwidth",
     "run_speed",
+    "sample_grid",
     "speed_markdown",
 ]
 
@@ -671,6 +672,58 @@ def bandwidth_plot(result: Mapping[str, Any], path: os.PathLike[str] | str) -> N
     ax.set_ylabel("target accuracy (%)")
     ax.set_title(f"Size against accuracy ({result['images']} evaluation images)")
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+
+
+def sample_grid(
+    bundle: Bundle,
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.int64],
+    path: os.PathLike[str] | str,
+    *,
+    count: int = 8,
+) -> None:
+    """Write a PNG of ``count`` images: original, protected (what PNG would carry) and
+    what the cloud decodes from each one's single bit-string, with the target's labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from vision._codec import decode_single, encode_single
+    from vision._data import CIFAR10_CLASSES
+
+    count = min(count, len(images))
+    if count < 1:
+        raise ValueError("no images to show")
+    device = next(bundle.generator.parameters()).device
+    x = _to_tensor(images[:count]).to(device)
+    bundle.codec.to(device)
+    bundle.target.to(device)
+    with torch.inference_mode():
+        xp = torch.round(bundle.generator.eval()(x).clamp(0, 1) * 255.0) / 255.0
+        strings = encode_single(bundle.codec, xp)
+        xd = torch.round(decode_single(bundle.codec, strings).clamp(0, 1) * 255.0) / 255.0
+        rows = [("original", x), ("protected", xp), ("bit-string", xd)]
+        predictions = [bundle.target.eval()(r).argmax(1).tolist() for _, r in rows]
+    fig, axes = plt.subplots(3, count, figsize=(1.3 * count, 4.6), dpi=120, squeeze=False)
+    for r, (name, batch) in enumerate(rows):
+        for c in range(count):
+            ax = axes[r][c]
+            ax.imshow(batch[c].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            caption = CIFAR10_CLASSES[predictions[r][c]]
+            if name == "bit-string":
+                caption += f"\n{len(strings[c])} B"
+            ax.set_xlabel(caption, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    truth = ", ".join(CIFAR10_CLASSES[int(v)] for v in labels[:count])
+    fig.suptitle(f"target's labels under each image; true: {truth}", fontsize=7)
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)

@@ -54,6 +54,12 @@ def register(bench: argparse._SubParsersAction[Any]) -> None:
     )
     bw.add_argument("--plot", type=Path, default=None, help="write a PNG plot of size vs accuracy")
     bw.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        help="write a PNG of the first 8 images: original, protected, decoded bit-string",
+    )
+    bw.add_argument(
         "--quick",
         action="store_true",
         help="PNG, neural and SSIM only (no JPEG quality searches, no S1)",
@@ -128,6 +134,11 @@ def _bandwidth(args: argparse.Namespace) -> int:
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         bandwidth_plot(result, args.plot)
+    if args.samples:
+        from vision._bench import sample_grid
+
+        args.samples.parent.mkdir(parents=True, exist_ok=True)
+        sample_grid(bundle, sample.images, sample.labels, args.samples)
     return 0
 
 

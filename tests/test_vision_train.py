@@ -214,6 +214,27 @@ def test_generator_with_codec_in_the_loop(tmp_path: Path) -> None:
             torch.testing.assert_close(value, before[name], msg=name)
 
 
+def test_codec_state_loads_over_other_table_sizes() -> None:
+    """Loading codec weights whose CDF tables differ in length from those already loaded
+    (a warm start, then a checkpoint) resizes the buffers instead of failing."""
+    from vision._codec import make_codec
+    from vision._train import _load_codec_state
+
+    torch.manual_seed(0)
+    source = make_codec(N=8, M=8)
+    source.update(force=True)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    wider = dict(state)
+    cdf = state["entropy_bottleneck._quantized_cdf"]
+    wider["entropy_bottleneck._quantized_cdf"] = torch.cat([cdf, torch.zeros_like(cdf)], dim=1)
+    codec = make_codec(N=8, M=8)
+    _load_codec_state(codec, wider)
+    assert codec.entropy_bottleneck._quantized_cdf.shape[1] == 2 * cdf.shape[1]
+    _load_codec_state(codec, state)
+    for name, value in codec.state_dict().items():
+        torch.testing.assert_close(value, state[name], msg=name)
+
+
 def test_codec_improves_and_loads(tmp_path: Path) -> None:
     from vision._models import build_generator
 

@@ -342,10 +342,10 @@ def load_codec_dir(directory: Path) -> tuple[Any, dict[str, Any]]:
 
 def _load_codec_state(codec: nn.Module, tensors: Mapping[str, Tensor]) -> None:
     """Load a FactorizedPrior state dict whose CDF tables may differ in length."""
-    own = codec.state_dict()
+    buffers = dict(codec.named_buffers())
     for name, value in tensors.items():
-        if name in own and own[name].shape != value.shape:
-            own[name].resize_(value.shape)  # CompressAI's _quantized_cdf etc. are dynamic
+        if name in buffers and buffers[name].shape != value.shape:
+            buffers[name].resize_(value.shape)  # CompressAI's _quantized_cdf etc. are dynamic
     codec.load_state_dict(dict(tensors))
 
 
